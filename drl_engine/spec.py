@@ -1,0 +1,225 @@
+"""`ExperimentSpec`: the one description of an experiment.
+
+The CLI reads it from YAML or JSON, the API accepts it as JSON, the worker hands it to the
+engine. Defaults reproduce the paper (Abstreiter, Mittal et al., "Diffusion-Based
+Representation Learning", appendix D); every bound is checked here so that an invalid spec
+fails with a message naming the field and what was expected, before any work starts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_T_GRID = [round(0.1 * i, 1) for i in range(11)]
+
+DatasetName = Literal["mnist", "fashion_mnist", "cifar10", "digits", "npz"]
+# Kinds beyond drl/vdrl (baselines, VDM) are added by later issues; the engine refuses any
+# kind it has no model for with a SpecError naming `model.kind`.
+ModelKind = Literal["drl", "vdrl"]
+EncoderKind = Literal["static", "time_conditioned"]
+Conditioning = Literal["bias", "scale_shift"]
+SDEKind = Literal["ve", "vp"]
+TSampling = Literal["uniform", "sigma_uniform", "fixed"]
+ProbeName = Literal["svc", "linear", "mlp", "silhouette"]
+SamplerName = Literal["pc", "euler_maruyama", "ode"]
+PriorName = Literal["gaussian", "uniform_gaussian"]
+CodeSource = Literal["encoded", "grid", "prior"]
+DeviceName = Literal["auto", "cpu", "cuda"]
+
+
+class SpecError(ValueError):
+    """An invalid spec; the message names the field (dotted path) and what was expected."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a typo in a spec must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetSpec(_Section):
+    name: DatasetName = "mnist"
+    # `npz` only: the user's file with x_train (N,H,W[,C] uint8), optional y_train/x_test/y_test.
+    path: str | None = None
+    # Where the standard files live; None means $DRL_DATA_DIR, then ./data.
+    data_dir: str | None = None
+    # Use only the first N training / test images (tiny CPU runs, tests). None = all.
+    train_limit: int | None = Field(default=None, ge=1)
+    test_limit: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _npz_needs_path(self) -> DatasetSpec:
+        if self.name == "npz" and not self.path:
+            raise ValueError("dataset.path is required when dataset.name is 'npz'")
+        return self
+
+
+class ModelSpec(_Section):
+    kind: ModelKind = "drl"
+    encoder: EncoderKind = "static"
+    latent_dim: int = Field(default=8, ge=1, le=4096)
+    # Score U-Net (score-SDE DDPM++ layout, sized for 28x28 as in the paper's MNIST runs).
+    base_channels: int = Field(default=64, ge=4, le=1024)
+    channel_mult: list[int] = Field(default_factory=lambda: [1, 2, 2], min_length=1, max_length=6)
+    num_res_blocks: int = Field(default=2, ge=1, le=8)
+    # Resolutions (feature-map side in pixels) that get a self-attention block.
+    attn_resolutions: list[int] = Field(default_factory=lambda: [7])
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    conditioning: Conditioning = "bias"
+    # The code goes through this many dense layers before joining embed(t) (paper: four).
+    code_mlp_layers: int = Field(default=4, ge=1, le=8)
+
+    @model_validator(mode="after")
+    def _channel_mult_positive(self) -> ModelSpec:
+        if any(m < 1 for m in self.channel_mult):
+            raise ValueError(f"model.channel_mult: every entry must be >= 1, got {self.channel_mult}")
+        return self
+
+
+class SDESpec(_Section):
+    kind: SDEKind = "ve"
+    sigma_min: float = Field(default=0.01, gt=0)
+    sigma_max: float = Field(default=50.0, gt=0)
+    beta_min: float = Field(default=0.1, gt=0)
+    beta_max: float = Field(default=20.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SDESpec:
+        if self.sigma_max <= self.sigma_min:
+            raise ValueError(f"sde.sigma_max must exceed sde.sigma_min ({self.sigma_min})")
+        if self.beta_max <= self.beta_min:
+            raise ValueError(f"sde.beta_max must exceed sde.beta_min ({self.beta_min})")
+        return self
+
+
+class ObjectiveSpec(_Section):
+    t_sampling: TSampling = "uniform"
+    t_fixed: float | None = Field(default=None, gt=0, le=1)
+    # Smallest t drawn in training (score-SDE's eps for the continuous objective).
+    t_eps: float = Field(default=1e-5, gt=0, lt=0.5)
+    l1_weight: float = Field(default=1e-5, ge=0)   # DRL: gamma * ||z||_1
+    kl_weight: float = Field(default=1e-7, ge=0)   # VDRL: beta * KL(q(z|x) || N(0, I))
+
+    @model_validator(mode="after")
+    def _fixed_needs_t(self) -> ObjectiveSpec:
+        if self.t_sampling == "fixed" and self.t_fixed is None:
+            raise ValueError("objective.t_fixed is required when objective.t_sampling is 'fixed'")
+        return self
+
+
+class TrainSpec(_Section):
+    iterations: int = Field(default=80_000, ge=1)
+    batch_size: int = Field(default=128, ge=1, le=65_536)
+    lr: float = Field(default=2e-4, gt=0, le=1.0)
+    warmup: int = Field(default=5000, ge=0)
+    grad_clip: float = Field(default=1.0, gt=0)
+    ema_decay: float = Field(default=0.999, ge=0, lt=1)
+    seed: int = Field(default=0, ge=0)
+    checkpoint_every: int = Field(default=5000, ge=1)
+    log_every: int = Field(default=100, ge=1)
+    device: DeviceName = "auto"
+
+
+class EvaluateSpec(_Section):
+    t_grid: list[float] = Field(default_factory=lambda: list(DEFAULT_T_GRID), min_length=1)
+    probes: list[ProbeName] = Field(default_factory=lambda: ["svc", "linear", "mlp", "silhouette"])
+    # Few-shot SVC label budgets (paper appendix E: 100 and 1000).
+    label_budgets: list[int] = Field(default_factory=lambda: [100, 1000], min_length=1)
+    batch_size: int = Field(default=500, ge=1)
+    seed: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _t_in_range(self) -> EvaluateSpec:
+        bad = [t for t in self.t_grid if not 0.0 <= t <= 1.0]
+        if bad:
+            raise ValueError(f"evaluate.t_grid: every t must lie in [0, 1], got {bad}")
+        if any(b < 2 for b in self.label_budgets):
+            raise ValueError("evaluate.label_budgets: every budget must be >= 2")
+        return self
+
+
+class SampleSpec(_Section):
+    sampler: SamplerName = "pc"
+    steps: int = Field(default=1000, ge=1, le=100_000)   # N over the full [eps, 1]
+    t_init: float = Field(default=1.0, gt=0, le=1.0)
+    prior: PriorName = "gaussian"
+    code_source: CodeSource = "encoded"
+    count: int = Field(default=64, ge=1, le=4096)
+    snr: float = Field(default=0.16, gt=0)
+    corrector_steps: int = Field(default=1, ge=0, le=10)
+    eps: float = Field(default=1e-3, gt=0, lt=0.5)   # sampling ends at t = eps
+    grid_range: float = Field(default=2.0, gt=0)     # grid codes span [-r, r]^2
+    seed: int = Field(default=0, ge=0)
+
+
+class ExperimentSpec(_Section):
+    name: str | None = Field(default=None, max_length=200)
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    sde: SDESpec = Field(default_factory=SDESpec)
+    objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    sample: SampleSpec = Field(default_factory=SampleSpec)
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> ExperimentSpec:
+        if self.sample.code_source == "prior" and self.model.kind != "vdrl":
+            raise ValueError("sample.code_source 'prior' needs model.kind 'vdrl' (a code "
+                             "distribution to draw from); use 'encoded' or 'grid'")
+        if self.sample.code_source == "grid" and self.model.latent_dim != 2:
+            raise ValueError("sample.code_source 'grid' needs model.latent_dim 2, "
+                             f"got {self.model.latent_dim}")
+        return self
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per problem: `field.path: what was expected (got VALUE)`."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see ExperimentSpec for the allowed fields)"
+        got = e.get("input")
+        where = f"{loc}: " if loc and not msg.startswith(loc) else ""
+        tail = f" (got {got!r})" if e["type"] not in ("missing",) and not isinstance(got, dict) else ""
+        lines.append(f"{where}{msg}{tail}")
+    return "; ".join(lines)
+
+
+def parse_spec(data: Any) -> ExperimentSpec:
+    """Validate a mapping into an ExperimentSpec, raising SpecError with field-named messages."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"spec: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        return ExperimentSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err)) from None
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """Read a spec from a YAML (.yaml/.yml) or JSON (.json) file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: spec file not found") from None
+    except OSError as err:
+        raise SpecError(f"{path}: cannot read spec file ({err.strerror})") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        first = str(err).splitlines()[0]
+        raise SpecError(f"{path}: not valid {kind} ({first})") from None
+    try:
+        return parse_spec(data)
+    except SpecError as err:
+        raise SpecError(f"{path}: {err}") from None
