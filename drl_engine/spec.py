@@ -129,6 +129,9 @@ class EvaluateSpec(_Section):
     probes: list[ProbeName] = Field(default_factory=lambda: ["svc", "linear", "mlp", "silhouette"])
     # Few-shot SVC label budgets (paper appendix E: 100 and 1000).
     label_budgets: list[int] = Field(default_factory=lambda: [100, 1000], min_length=1)
+    # Linear and MLP probes train on at most this many labelled embeddings (a seeded,
+    # stratified subset); None = all training labels, as in the paper. CPU runs cap it.
+    probe_train_limit: int | None = Field(default=None, ge=10)
     batch_size: int = Field(default=500, ge=1)
     seed: int = Field(default=0, ge=0)
 

@@ -1,0 +1,60 @@
+"""Settings: one class, env prefix `DRL_` (e.g. DRL_DATABASE_URL, DRL_ARTIFACT_BACKEND).
+
+The defaults are the embedded mode: everything under `DRL_HOME` (default ~/.drl) with SQLite,
+a local artifact directory and a filesystem Celery transport, so `drl serve` needs nothing but
+pip. docker compose overrides them to Postgres, Redis and MinIO.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DRL_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".drl")
+
+    # Database; None = SQLite file under `home`.
+    database_url: str | None = None
+
+    # Celery broker; None = filesystem transport under `home` (embedded mode).
+    broker_url: str | None = None
+
+    # Artifact store.
+    artifact_backend: Literal["local", "s3"] = "local"
+    artifact_dir: Path | None = None      # local backend; None = `home`/artifacts
+    s3_endpoint: str = "127.0.0.1:9000"   # host:port, as the minio client takes it
+    s3_access_key: str = "minioadmin"
+    s3_secret_key: str = "minioadmin"
+    s3_bucket: str = "drl"
+    s3_secure: bool = False
+    s3_region: str | None = None
+
+    # Datasets (the engine also reads DRL_DATA_DIR itself).
+    data_dir: Path | None = None
+
+    # API.
+    auth_enabled: bool = False
+
+    # Job supervision.
+    heartbeat_timeout_s: float = 120.0    # a running job silent this long is lost
+    max_attempts: int = 3                 # lost jobs are re-queued until this many attempts
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'drl.db'}"
+
+    @property
+    def resolved_artifact_dir(self) -> Path:
+        return self.artifact_dir or self.home / "artifacts"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
