@@ -1,0 +1,86 @@
+"""Image grids and probe-curve PNGs."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from drl_engine.plots import image_grid, plot_probe_curves, save_image_grid
+from drl_engine.probes import ProbeTable
+
+
+def batch(b: int, c: int, h: int = 4, w: int = 5) -> np.ndarray:
+    return np.random.default_rng(0).uniform(size=(b, c, h, w)).astype(np.float32)
+
+
+def test_grid_shape_gray_and_colour():
+    # 6 images -> 3 per row (ceil sqrt 6), 2 rows; 2 px of padding between and around.
+    assert image_grid(batch(6, 1)).shape == (2 * (4 + 2) + 2, 3 * (5 + 2) + 2)
+    assert image_grid(batch(6, 3)).shape == (14, 23, 3)
+    assert image_grid(batch(6, 3), nrow=6, padding=0).shape == (4, 30, 3)
+
+
+def test_grid_places_pixels_and_accepts_torch():
+    images = batch(5, 3)
+    grid = image_grid(torch.from_numpy(images), nrow=2, padding=1)
+    assert grid.dtype == np.uint8 and grid.shape == (3 * 5 + 1, 2 * 6 + 1, 3)
+    # Image 3 is row 1, column 1.
+    cell = grid[1 + 5:1 + 5 + 4, 1 + 6:1 + 6 + 5]
+    assert np.array_equal(cell, np.round(images[3].transpose(1, 2, 0) * 255).astype(np.uint8))
+    assert (grid[0] == 0).all()   # padding row
+    assert (grid[-5:, -6:] == 0).all()   # the empty sixth cell
+
+
+def test_grid_clips_out_of_range():
+    images = np.full((1, 1, 2, 2), 2.0)
+    images[0, 0, 0, 0] = -1.0
+    assert image_grid(images, padding=0).tolist() == [[0, 255], [255, 255]]
+
+
+@pytest.mark.parametrize("shape", [(4, 2, 3, 3), (3, 3, 3), (0, 1, 3, 3)])
+def test_grid_refuses_bad_shapes(shape):
+    with pytest.raises(ValueError, match=r"images: expected .*\(B, C, H, W\)"):
+        image_grid(np.zeros(shape))
+
+
+def test_save_image_grid_png(tmp_path):
+    path = tmp_path / "samples" / "grid.png"
+    save_image_grid(batch(9, 1, 28, 28), path, nrow=3)
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        assert img.size == (3 * 30 + 2, 3 * 30 + 2)
+
+
+def test_plot_probe_curves_png(tmp_path):
+    table = ProbeTable(columns=["svc_100", "svc_1000", "linear", "mlp", "silhouette"], rows=[
+        {"t": round(0.1 * i, 1), "svc_100": 0.5 + 0.04 * i, "svc_1000": 0.6 + 0.03 * i,
+         "linear": 0.7, "mlp": 0.8 - 0.01 * i, "silhouette": 0.1 * np.sin(i)}
+        for i in range(11)])
+    path = tmp_path / "probes.png"
+    plot_probe_curves(table, path, title="DRL MNIST")
+    assert path.stat().st_size > 1000
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.size[0] > img.size[1]
+
+
+def test_plots_never_load_pyplot():
+    # Only the Agg canvas: pyplot (and with it any GUI backend) is never imported. A fresh
+    # interpreter, since other tests in this process may import pyplot themselves.
+    code = ("import sys; from drl_engine.plots import plot_probe_curves; "
+            "from drl_engine.probes import ProbeTable; import tempfile, os; "
+            "d = tempfile.mkdtemp(); "
+            "plot_probe_curves(ProbeTable(['mlp'], [{'t': 0.0, 'mlp': 0.5}]), "
+            "os.path.join(d, 'p.png')); "
+            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_plot_single_panel_and_empty_table(tmp_path):
+    only_acc = ProbeTable(columns=["linear"], rows=[{"t": 0.5, "linear": 0.9}])
+    plot_probe_curves(only_acc, tmp_path / "one.png")
+    assert (tmp_path / "one.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="nothing to plot"):
+        plot_probe_curves(ProbeTable(columns=["linear"], rows=[]), tmp_path / "none.png")
