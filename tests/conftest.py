@@ -14,3 +14,6 @@ def data_dir() -> Path:
     if not (SHARED_DATA / "mnist").is_dir():
         pytest.fail(f"datasets not found at {SHARED_DATA}; set DRL_DATA_DIR to the shared data folder")
     return SHARED_DATA
+
+# Real-database fixtures (PostgreSQL per module, SQLite per test) live in tests/db_fixtures.py.
+pytest_plugins = ["db_fixtures"]
