@@ -1,0 +1,1 @@
+"""The `drl` command line: `drl run` (engine) and, later, the service commands."""

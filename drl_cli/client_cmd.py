@@ -1,0 +1,203 @@
+"""`drl submit`, `drl status`, `drl embeddings`: the HTTP client side of the service.
+
+The server is `--url`, else $DRL_API_URL, else http://127.0.0.1:8000; the token is `--token`,
+else $DRL_TOKEN. A server error is printed as its problem's detail on one line; the exit
+code is 2 for a 4xx (the request was wrong) and 1 for a 5xx or an unreachable server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .errors import EXIT_FAILED, EXIT_USAGE, CLIError
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TIMEOUT_S = 30.0
+NPY_PAGE_ROWS = 100_000  # the server's largest .npy page
+
+
+class ApiClient:
+    """Calls the drl server; every failure becomes a one-line CLIError."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = TIMEOUT_S) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as err:
+            raise CLIError(f"cannot reach the drl server at {self.url} ({_reason(err)})",
+                           EXIT_FAILED) from None
+        if response.is_error:
+            raise CLIError(problem_detail(response),
+                           EXIT_USAGE if response.status_code < 500 else EXIT_FAILED)
+        return response
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.request(method, path, **kwargs).json()
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def _reason(err: httpx.TransportError) -> str:
+    if isinstance(err, httpx.ConnectError):
+        return "connection refused" if "refused" in str(err).lower() else str(err) or "cannot connect"
+    if isinstance(err, httpx.TimeoutException):
+        return "timed out"
+    return str(err) or type(err).__name__
+
+
+def problem_detail(response: httpx.Response) -> str:
+    """One line: the problem's detail (RFC 9457), else the status and the start of the body."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and body.get("detail"):
+        text = str(body["detail"])
+    else:
+        text = f"{response.status_code} {response.reason_phrase}: {response.text[:200]}"
+    return f"server answered {response.status_code}: " + " ".join(text.split())
+
+
+def add_parser(sub) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=None,
+                        help=f"server URL (default: $DRL_API_URL, else {DEFAULT_URL})")
+    common.add_argument("--token", default=None, help="bearer token (default: $DRL_TOKEN)")
+
+    p = sub.add_parser("submit", parents=[common], help="submit an experiment spec to the server",
+                       description="Validate SPEC (YAML or JSON) and submit it; prints the "
+                                   "experiment id.")
+    p.add_argument("spec", type=Path, help="experiment spec (.yaml, .yml or .json)")
+    p.add_argument("--idempotency-key", help="a retry with the same key returns the same experiment")
+    p.set_defaults(func=submit)
+
+    p = sub.add_parser("status", parents=[common], help="list experiments, or show one with its jobs")
+    p.add_argument("id", nargs="?", type=int, help="experiment id (omit to list the latest)")
+    p.add_argument("--limit", type=int, default=20, help="experiments to list (default 20)")
+    p.set_defaults(func=status)
+
+    p = sub.add_parser("embeddings", parents=[common], help="download embeddings at one t as .npy")
+    p.add_argument("id", type=int, help="experiment id")
+    p.add_argument("--t", type=float, required=True, help="diffusion time in [0, 1]")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("-o", "--out", type=Path, required=True, help="output .npy file")
+    p.set_defaults(func=embeddings)
+
+
+def client_for(args: argparse.Namespace) -> ApiClient:
+    url = args.url or os.environ.get("DRL_API_URL") or DEFAULT_URL
+    return ApiClient(url, args.token or os.environ.get("DRL_TOKEN") or None)
+
+
+def submit(args: argparse.Namespace) -> int:
+    from drl_engine.spec import load_spec  # validate locally first: the same messages as `drl run`
+
+    spec = load_spec(args.spec)
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
+    client = client_for(args)
+    try:
+        response = client.request("POST", "/experiments", json=spec.model_dump(mode="json"),
+                                  headers=headers)
+    finally:
+        client.close()
+    experiment = response.json()
+    if response.status_code == 200:
+        print(f"experiment {experiment['id']} already exists for this idempotency key", file=sys.stderr)
+    print(experiment["id"])
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    client = client_for(args)
+    try:
+        if args.id is None:
+            page = client.json("GET", "/experiments", params={"limit": args.limit})
+            print(format_experiments(page["items"], page["total"]))
+        else:
+            print(format_experiment(client.json("GET", f"/experiments/{args.id}")))
+    finally:
+        client.close()
+    return 0
+
+
+def embeddings(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    client = client_for(args)
+    pages: list[np.ndarray] = []
+    offset, total = 0, None
+    try:
+        while total is None or offset < total:
+            response = client.request("GET", "/embeddings", params={
+                "experiment": args.id, "t": args.t, "split": args.split, "offset": offset,
+                "limit": NPY_PAGE_ROWS, "format": "npy"})
+            total = int(response.headers["X-Total-Count"])
+            page = np.load(io.BytesIO(response.content), allow_pickle=False)
+            if len(page) == 0:
+                break
+            pages.append(page)
+            offset += len(page)
+    finally:
+        client.close()
+    array = np.concatenate(pages) if pages else np.zeros((0, 0), np.float32)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(args.out, array)
+    print(f"wrote {args.out}: {array.shape[0]} x {array.shape[1] if array.ndim == 2 else 0} "
+          f"({args.split} split, t={args.t:g})")
+    return 0
+
+
+# --- formatting --------------------------------------------------------------------------
+
+
+def _progress(job: dict[str, Any]) -> str:
+    p = job.get("progress") or {}
+    if p.get("step") is None:
+        return ""
+    text = f"{p['step']}/{p['total']}" if p.get("total") else str(p["step"])
+    if p.get("loss") is not None:
+        text += f" loss {p['loss']:.4g}"
+    return text
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def format_experiments(items: list[dict[str, Any]], total: int) -> str:
+    rows = []
+    for e in items:
+        train = next((j for j in e["jobs"] if j["kind"] == "train"), None)
+        rows.append([str(e["id"]), e["name"], e["status"], _progress(train) if train else "",
+                     e["created_at"][:19].replace("T", " ")])
+    shown = f"{len(items)} of {total} experiments"
+    return _table(["ID", "NAME", "STATUS", "TRAIN", "CREATED"], rows) + f"\n({shown})"
+
+
+def format_experiment(e: dict[str, Any]) -> str:
+    lines = [f"experiment {e['id']} {e['name']!r}: {e['status']}"
+             + (f" (owner {e['owner']})" if e.get("owner") else "")]
+    if e.get("failed_step"):
+        lines.append(f"failed at {e['failed_step']}: {e.get('error')}")
+    rows = [[str(j["id"]), j["kind"], j["status"], _progress(j), f"{j['attempt']}/{j['max_attempts']}",
+             " ".join((j.get("error") or "").split())[:80]] for j in e["jobs"]]
+    lines.append(_table(["JOB", "KIND", "STATUS", "PROGRESS", "ATTEMPT", "ERROR"], rows))
+    best = (e.get("summary") or {}).get("best_t")
+    if best:
+        lines.append("best t: " + ", ".join(f"{k} {v['value']:.3f} at t={v['t']:g}" for k, v in best.items()))
+    return "\n".join(lines)

@@ -1,0 +1,51 @@
+"""Entry point of the `drl` console script."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import run_cmd
+from . import worker_cmd
+from . import serve_cmd
+from . import client_cmd
+from . import token_cmd
+from .errors import EXIT_USAGE, CLIError, fail
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="drl", description="Diffusion-based representation learning")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run_cmd.add_parser(sub)
+    worker_cmd.add_parser(sub)
+    serve_cmd.add_parser(sub)
+    client_cmd.add_parser(sub)
+    token_cmd.add_parser(sub)
+    return parser
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input, reported in one line rather than as a traceback."""
+    from drl_engine.spec import SpecError
+    errors: list[type[BaseException]] = [CLIError, SpecError]
+    try:
+        from drl_engine.datasets import DatasetError
+        errors.append(DatasetError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except user_errors() as err:
+        fail(str(err), getattr(err, "code", EXIT_USAGE))
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""The benchmarks must keep running: a quick smoke run that checks every figure is there."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_engine_bench_quick_prints_every_figure():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "engine.py"), "--quick", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout)
+    positive = [figures["matmul_peak_flops"], figures["train"]["images_per_s"],
+                figures["train"]["achieved_flops"], figures["train"]["flops_per_step"],
+                figures["encode"]["images_per_s"], figures["sample"]["network_evals_per_s"],
+                figures["probes"]["all_labels"]["seconds_per_t"]]
+    assert all(math.isfinite(v) and v > 0 for v in positive)
+    assert 0 < figures["train"]["fraction_of_matmul_peak"] < 2

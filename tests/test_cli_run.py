@@ -1,0 +1,148 @@
+"""`drl run` end to end: real training on real data, every output file, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from drl_cli.main import main
+
+# Small enough to train in seconds on 2 cores, large enough to exercise every stage.
+TINY = {
+    "model": {"base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+              "attn_resolutions": [], "latent_dim": 4},
+    "train": {"iterations": 30, "batch_size": 16, "warmup": 10, "checkpoint_every": 20,
+              "log_every": 10, "device": "cpu"},
+    "evaluate": {"t_grid": [0.0, 0.5, 1.0], "label_budgets": [20, 50], "probe_train_limit": 200},
+    "sample": {"sampler": "pc", "steps": 20, "count": 4},
+}
+
+
+def write_spec(path: Path, **sections) -> Path:
+    spec = json.loads(json.dumps(TINY))
+    for name, values in sections.items():
+        spec.setdefault(name, {}).update(values)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def read_probes(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_run_digits_time_conditioned_writes_every_output(tmp_path):
+    spec = write_spec(tmp_path / "spec.yaml",
+                      dataset={"name": "digits", "train_limit": 300, "test_limit": 100},
+                      model={**TINY["model"], "encoder": "time_conditioned"})
+    out = tmp_path / "out"
+    assert main(["run", str(spec), "--out", str(out)]) == 0
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train"]["steps"] == 30
+    assert np.isfinite(metrics["train"]["final_loss"])
+    assert metrics["encode"]["t_independent"] is False
+    assert metrics["sample"]["finite"] is True
+
+    rows = read_probes(out / "probes.csv")
+    assert list(rows[0]) == ["t", "svc_20", "svc_50", "linear", "mlp", "silhouette"]
+    assert [r["t"] for r in rows] == ["0.000", "0.500", "1.000"]
+    for row in rows:
+        for col in ("svc_20", "svc_50", "linear", "mlp"):
+            assert 0.0 <= float(row[col]) <= 1.0
+        assert -1.0 <= float(row["silhouette"]) <= 1.0
+
+    for split, n in (("train", 300), ("test", 100)):
+        labels = np.load(out / "embeddings" / f"{split}_labels.npy")
+        assert labels.shape == (n,)
+        for t in ("0.000", "0.500", "1.000"):
+            emb = np.load(out / "embeddings" / f"{split}_t={t}.npy")
+            assert emb.shape == (n, 4) and emb.dtype == np.float32
+    # A time-conditioned encoder gives different codes at different t.
+    e0 = np.load(out / "embeddings" / "test_t=0.000.npy")
+    e1 = np.load(out / "embeddings" / "test_t=1.000.npy")
+    assert not np.allclose(e0, e1)
+
+    for png in ("samples.png", "probes.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (out / "checkpoints").glob("ckpt_*.pt"))[-1] == "ckpt_00000030.pt"
+
+
+@pytest.mark.slow
+def test_run_on_user_npz_static_encoder(tmp_path):
+    rng = np.random.default_rng(0)
+    # Two classes a network can tell apart: bright squares top-left vs bottom-right.
+    x = rng.integers(0, 40, size=(240, 12, 12), dtype=np.uint8)
+    y = np.arange(240) % 2
+    x[y == 0, :6, :6] = 220
+    x[y == 1, 6:, 6:] = 220
+    npz = tmp_path / "mine.npz"
+    np.savez(npz, x_train=x, y_train=y)
+    spec = write_spec(tmp_path / "spec.yaml", dataset={"name": "npz", "path": str(npz)},
+                      evaluate={"t_grid": [0.2, 0.8], "label_budgets": [10]})
+    out = tmp_path / "out"
+    assert main(["run", str(spec), "--out", str(out)]) == 0
+    rows = read_probes(out / "probes.csv")
+    # A static encoder's codes do not depend on t: identical rows, identical files.
+    assert rows[0]["svc_10"] == rows[1]["svc_10"]
+    a = np.load(out / "embeddings" / "test_t=0.200.npy")
+    b = np.load(out / "embeddings" / "test_t=0.800.npy")
+    assert np.array_equal(a, b) and a.shape == (24, 4)  # seeded 10% test split
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "drl_cli.main", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("model: {kind: transformer}\n", "model.kind"),
+    ("train: {lr: -1}\n", "train.lr"),
+    ("objective: {t_sampling: fixed}\n", "objective.t_fixed"),
+    ("modle: {}\n", "modle: unknown field"),
+    ("model: [unclosed\n", "not valid YAML"),
+])
+def test_bad_spec_is_one_line_and_exit_2(tmp_path, content, expected):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(content)
+    proc = run_cli("run", str(spec), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_missing_spec_file_and_missing_dataset(tmp_path):
+    proc = run_cli("run", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "nope.yaml" in proc.stderr and "not found" in proc.stderr
+
+    spec = write_spec(tmp_path / "spec.yaml", dataset={"name": "mnist", "data_dir": str(tmp_path / "empty")})
+    proc = run_cli("run", str(spec), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2, proc.stderr
+    assert "train-images-idx3-ubyte" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_set_overrides_are_validated_like_the_spec(tmp_path):
+    from drl_cli.overrides import apply_overrides
+    from drl_cli.errors import CLIError
+
+    spec = apply_overrides({"model": {"latent_dim": 8}},
+                           ["model.channel_mult=[1, 2]", "train.iterations=5", "name=x"])
+    assert spec == {"model": {"latent_dim": 8, "channel_mult": [1, 2]},
+                    "train": {"iterations": 5}, "name": "x"}
+    with pytest.raises(CLIError, match="section.field=value"):
+        apply_overrides({}, ["novalue"])
+    with pytest.raises(CLIError, match="name is not a section"):
+        apply_overrides({"name": "x"}, ["name.sub=1"])
+
+    spec_file = write_spec(tmp_path / "spec.yaml", dataset={"name": "digits"})
+    proc = run_cli("run", str(spec_file), "--out", str(tmp_path / "o"), "--set", "model.latent_dim=0")
+    assert proc.returncode == 2 and "model.latent_dim" in proc.stderr
