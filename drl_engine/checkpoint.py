@@ -33,6 +33,7 @@ from .device import resolve_device
 from .ema import EMA
 from .model import DRLModel
 from .spec import ExperimentSpec, format_validation_error
+from .fileio import fsync_directory
 
 FORMAT_VERSION = 1
 KEEP_LAST = 2   # checkpoints kept on disk; older ones are deleted after each write
@@ -84,25 +85,11 @@ def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_directory(directory)
+    fsync_directory(directory)
     for old in list_checkpoints(directory)[:-keep]:
         if old != path:
             old.unlink(missing_ok=True)
     return path
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable; not every filesystem allows opening a directory.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: Path, map_location: torch.device | str | None = "cpu") -> dict[str, Any]:
