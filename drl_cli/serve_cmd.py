@@ -24,6 +24,8 @@ import sys
 import threading
 from pathlib import Path
 
+import uvicorn
+
 from .errors import EXIT_FAILED, CLIError
 
 WARM_SHUTDOWN_S = 10.0   # an idle worker needs ~7 s to stop on the filesystem transport
@@ -45,8 +47,6 @@ def add_parser(sub) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from api.main import create_app
     from drl_core.db import upgrade_database
     from drl_core.settings import Settings
@@ -61,8 +61,8 @@ def serve(args: argparse.Namespace) -> int:
     settings = Settings()
     upgrade_database(settings.resolved_database_url)
 
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=args.host, port=args.port,
-                                           log_level="info"))
+    server = _AnnouncingServer(uvicorn.Config(create_app(settings), host=args.host, port=args.port,
+                                              log_level="info"))
     stopping, worker_died = threading.Event(), threading.Event()
     worker: subprocess.Popen | None = None
     # SIGTERM as an exception (as Ctrl-C already is), so `finally` always stops the worker;
@@ -73,8 +73,8 @@ def serve(args: argparse.Namespace) -> int:
             worker = start_worker()
             threading.Thread(target=_stop_server_if_worker_dies, args=(worker, server, stopping, worker_died),
                              name="worker-watch", daemon=True).start()
-        print(f"drl: serving http://{args.host}:{args.port} (API docs at /docs), data in "
-              f"{settings.home}" + (f", worker pid {worker.pid}" if worker else ""), flush=True)
+        server.banner = (f"drl: serving http://{args.host}:{args.port} (API docs at /docs), data in "
+                         f"{settings.home}" + (f", worker pid {worker.pid}" if worker else ""))
         server.run()
     except KeyboardInterrupt:
         pass
@@ -89,6 +89,17 @@ def serve(args: argparse.Namespace) -> int:
     if worker_died.is_set():
         raise CLIError(f"the worker exited with code {worker.returncode}", EXIT_FAILED)
     return 0
+
+
+class _AnnouncingServer(uvicorn.Server):
+    """Prints `banner` once the socket is bound, so the URL is only shown when it answers."""
+
+    banner = ""
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.started and self.banner:
+            print(self.banner, flush=True)
 
 
 def _raise_system_exit(signum: int, _frame) -> None:

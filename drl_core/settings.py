@@ -46,6 +46,18 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = 120.0    # a running job silent this long is lost
     max_attempts: int = 3                 # lost jobs are re-queued until this many attempts
 
+    # Worker (added with the job system, issue 3).
+    # Key prefix for everything Celery keeps in Redis, so several deployments (or test runs)
+    # can share one Redis without taking each other's tasks.
+    broker_key_prefix: str | None = None
+    # How often a running job heartbeats; the same DB read tells it a cancel was requested,
+    # so this is also how quickly a cancel is noticed. Must be well below heartbeat_timeout_s.
+    heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    # How often each worker process looks for jobs whose heartbeat stopped.
+    reaper_interval_s: float = Field(default=30.0, gt=0)
+    # torch intra-op threads in a worker process; None = torch's default (all cores).
+    torch_threads: int | None = Field(default=None, ge=1)
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'drl.db'}"

@@ -31,9 +31,9 @@ from pydantic import ValidationError
 
 from .device import resolve_device
 from .ema import EMA
+from .fileio import fsync_directory
 from .model import DRLModel
 from .spec import ExperimentSpec, format_validation_error
-from .fileio import fsync_directory
 
 FORMAT_VERSION = 1
 KEEP_LAST = 2   # checkpoints kept on disk; older ones are deleted after each write

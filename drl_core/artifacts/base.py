@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
 from drl_engine.fileio import fsync_directory
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
