@@ -1,0 +1,61 @@
+"""ExperimentSpec: the paper's defaults, YAML/JSON loading, and errors that name the field."""
+
+import json
+
+import pytest
+
+from drl_engine.spec import DEFAULT_T_GRID, ExperimentSpec, SpecError, load_spec, parse_spec
+
+
+def test_defaults_reproduce_the_paper():
+    spec = ExperimentSpec()
+    assert (spec.sde.kind, spec.sde.sigma_min, spec.sde.sigma_max) == ("ve", 0.01, 50.0)
+    assert (spec.sde.beta_min, spec.sde.beta_max) == (0.1, 20.0)
+    assert spec.objective.l1_weight == 1e-5 and spec.objective.kl_weight == 1e-7
+    assert spec.objective.t_sampling == "uniform" and spec.objective.t_eps == 1e-5
+    assert (spec.train.lr, spec.train.grad_clip, spec.train.ema_decay) == (2e-4, 1.0, 0.999)
+    assert spec.train.iterations == 80_000
+    assert spec.evaluate.t_grid == DEFAULT_T_GRID == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    assert spec.evaluate.label_budgets == [100, 1000]
+    assert (spec.sample.sampler, spec.sample.steps, spec.sample.snr, spec.sample.t_init) == ("pc", 1000, 0.16, 1.0)
+    assert spec.model.code_mlp_layers == 4 and spec.model.conditioning == "bias"
+
+
+def test_yaml_and_json_give_the_same_spec(tmp_path):
+    data = {"model": {"kind": "vdrl", "latent_dim": 2}, "sample": {"code_source": "grid"}}
+    (tmp_path / "s.json").write_text(json.dumps(data))
+    (tmp_path / "s.yaml").write_text("model: {kind: vdrl, latent_dim: 2}\nsample: {code_source: grid}\n")
+    assert load_spec(tmp_path / "s.json") == load_spec(tmp_path / "s.yaml") == parse_spec(data)
+
+
+@pytest.mark.parametrize("data, field, expected", [
+    ({"model": {"kind": "gan"}}, "model.kind", "'drl' or 'vdrl'"),
+    ({"model": {"encoder": "x"}}, "model.encoder", "'static' or 'time_conditioned'"),
+    ({"sde": {"kind": "subvp"}}, "sde.kind", "'ve' or 'vp'"),
+    ({"objective": {"t_sampling": "log"}}, "objective.t_sampling", "'uniform', 'sigma_uniform' or 'fixed'"),
+    ({"sample": {"sampler": "ddim"}}, "sample.sampler", "'pc', 'euler_maruyama' or 'ode'"),
+    ({"dataset": {"name": "imagenet"}}, "dataset.name", "'mnist'"),
+    ({"train": {"batch_size": 0}}, "train.batch_size", "greater than or equal to 1"),
+    ({"evaluate": {"t_grid": [0.5, 1.5]}}, "evaluate.t_grid", "[0, 1]"),
+    ({"sde": {"sigma_min": 5, "sigma_max": 1}}, "sde.sigma_max", "sigma_min"),
+    ({"dataset": {"name": "npz"}}, "dataset.path", "required"),
+    ({"sample": {"code_source": "prior"}}, "sample.code_source", "vdrl"),
+    ({"sample": {"code_source": "grid"}}, "sample.code_source", "latent_dim 2"),
+    ({"train": {"lr": "fast"}}, "train.lr", "valid number"),
+])
+def test_invalid_values_name_the_field_and_what_is_allowed(data, field, expected):
+    with pytest.raises(SpecError) as err:
+        parse_spec(data)
+    assert field in str(err.value) and expected in str(err.value)
+
+
+def test_not_a_mapping_and_unknown_keys(tmp_path):
+    with pytest.raises(SpecError, match="expected a mapping"):
+        parse_spec([1, 2])
+    with pytest.raises(SpecError, match=r"train\.itterations: unknown field"):
+        parse_spec({"train": {"itterations": 5}})
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(SpecError, match="bad.json: not valid JSON"):
+        load_spec(bad)
+    assert parse_spec(None) == ExperimentSpec()
