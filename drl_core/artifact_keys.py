@@ -1,0 +1,78 @@
+"""Artifact keys: where each result of an experiment lives in the store, in one place.
+
+    experiments/<id>/checkpoints/ckpt_00001000.pt
+    experiments/<id>/embeddings/<split>/t=0.500.npy
+    experiments/<id>/embeddings/<split>/labels.npy
+    experiments/<id>/probes/probes.json   (and probes.csv, probes.png)
+    experiments/<id>/samples/<job_id>.png
+
+Keys are a pure function of what they hold (experiment, step, split, t, job), so a job that
+runs twice writes the same keys again and never a second copy. The `kind` and `meta` recorded
+on each Artifact row are listed here too: the API finds computed embeddings through them.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+
+class ArtifactKind(StrEnum):
+    CHECKPOINT = "checkpoint"
+    EMBEDDING = "embedding"   # meta {"split": "train"|"test", "t": 0.5}
+    LABELS = "labels"         # meta {"split": ...}
+    PROBES = "probes"         # meta {"format": "json"|"csv"|"png"}; the json row adds "best"
+    SAMPLE = "sample"         # meta {"job_id": N}
+
+
+SPLITS = ("train", "test")
+PROBE_FORMATS = ("json", "csv", "png")
+_CHECKPOINT_NAME = re.compile(r"ckpt_(\d{8,})\.pt$")
+
+
+def t_key(t: float) -> float:
+    """A diffusion time rounded to 3 decimals: 0.1 + 0.2 and 0.3 name the same file.
+
+    Mirrors drl_engine.encode.t_key without importing the engine (and torch) into the API.
+    """
+    return round(float(t), 3)
+
+
+def experiment_prefix(experiment_id: int) -> str:
+    return f"experiments/{int(experiment_id)}/"
+
+
+def checkpoint_key(experiment_id: int, step: int) -> str:
+    return f"{experiment_prefix(experiment_id)}checkpoints/ckpt_{int(step):08d}.pt"
+
+
+def checkpoint_step(key: str) -> int:
+    """The training step in a checkpoint key (ValueError naming the key if it is not one)."""
+    match = _CHECKPOINT_NAME.search(key)
+    if match is None:
+        raise ValueError(f"artifact key {key!r}: not a checkpoint key (…/ckpt_XXXXXXXX.pt)")
+    return int(match.group(1))
+
+
+def _split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
+    return split
+
+
+def embedding_key(experiment_id: int, split: str, t: float) -> str:
+    return f"{experiment_prefix(experiment_id)}embeddings/{_split(split)}/t={t_key(t):.3f}.npy"
+
+
+def labels_key(experiment_id: int, split: str) -> str:
+    return f"{experiment_prefix(experiment_id)}embeddings/{_split(split)}/labels.npy"
+
+
+def probes_key(experiment_id: int, fmt: str = "json") -> str:
+    if fmt not in PROBE_FORMATS:
+        raise ValueError(f"probes format: expected one of {', '.join(PROBE_FORMATS)}, got {fmt!r}")
+    return f"{experiment_prefix(experiment_id)}probes/probes.{fmt}"
+
+
+def sample_key(experiment_id: int, job_id: int) -> str:
+    return f"{experiment_prefix(experiment_id)}samples/{int(job_id)}.png"

@@ -1,0 +1,98 @@
+"""Dispatching jobs: sending "run job N" to its queue, and moving the job graph along.
+
+An experiment's jobs form a graph through `depends_on` (train -> encode -> probe -> sample;
+extra encode and sample jobs hang off train). A job is *ready* when it is queued and its
+dependency (if any) has succeeded; only ready jobs are enqueued. When a job succeeds its
+queued dependents are enqueued; when it fails or is cancelled every queued job downstream of
+it can never run, and is settled with it (failed, naming the step, or cancelled).
+
+Enqueue only after the job row is committed: the worker reads the row the message names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+from celery import Celery
+from sqlalchemy.orm import Session
+
+from drl_core.job_states import IllegalTransition, JobStatus, StaleTransition, transition
+from drl_core.models import Job
+from drl_core.queue import TASK_RUN_JOB, default_celery
+
+
+def enqueue_job(job: Job, celery_app: Celery | None = None) -> None:
+    """Send `drl.run_job(job.id)` to `job.queue` (the row must already be committed)."""
+    app = celery_app or default_celery()
+    app.send_task(TASK_RUN_JOB, args=[job.id], queue=job.queue, routing_key=job.queue)
+
+
+def enqueue_jobs(jobs: Iterable[Job], celery_app: Celery | None = None) -> list[int]:
+    ids = []
+    for job in jobs:
+        enqueue_job(job, celery_app)
+        ids.append(job.id)
+    return ids
+
+
+def is_ready(job: Job) -> bool:
+    """Queued, and its dependency (if any) has succeeded."""
+    if job.status != JobStatus.QUEUED:
+        return False
+    return job.depends_on is None or job.depends_on.status == JobStatus.SUCCEEDED
+
+
+def ready_jobs(session: Session, experiment_id: int) -> list[Job]:
+    jobs = session.scalars(
+        sa.select(Job).where(Job.experiment_id == experiment_id).order_by(Job.id)
+    ).all()
+    return [job for job in jobs if is_ready(job)]
+
+
+def direct_dependents(session: Session, job: Job) -> list[Job]:
+    return list(session.scalars(sa.select(Job).where(Job.depends_on_id == job.id).order_by(Job.id)))
+
+
+def downstream_jobs(session: Session, job: Job) -> list[Job]:
+    """Every job that depends on `job`, directly or through others, in id order."""
+    found: dict[int, Job] = {}
+    frontier = [job]
+    while frontier:
+        current = frontier.pop()
+        for dependent in direct_dependents(session, current):
+            if dependent.id not in found:
+                found[dependent.id] = dependent
+                frontier.append(dependent)
+    return [found[i] for i in sorted(found)]
+
+
+def release_dependents(session: Session, job: Job, celery_app: Celery | None = None) -> list[int]:
+    """After `job` succeeded (committed): enqueue its queued direct dependents; their ids."""
+    return enqueue_jobs((d for d in direct_dependents(session, job) if is_ready(d)), celery_app)
+
+
+def settle_downstream(session: Session, job: Job) -> list[int]:
+    """After `job` failed or was cancelled: its queued downstream jobs can never run.
+
+    A failed upstream fails them with "upstream <kind> job <id> failed" (so the experiment
+    names the step that broke); a cancelled one cancels them. Returns the ids settled; does
+    not commit. Jobs another process moved meanwhile are left to that process.
+    """
+    if job.status == JobStatus.FAILED:
+        target, fields = JobStatus.FAILED, {"error": f"upstream {job.kind} job {job.id} failed"}
+    elif job.status == JobStatus.CANCELLED:
+        target, fields = JobStatus.CANCELLED, {}
+    else:
+        raise ValueError(f"job {job.id} is {job.status}: only a failed or cancelled job settles "
+                         "its downstream jobs")
+    settled = []
+    for dependent in downstream_jobs(session, job):
+        if dependent.status != JobStatus.QUEUED:
+            continue
+        try:
+            transition(session, dependent, target, **fields)
+        except (StaleTransition, IllegalTransition):
+            continue
+        settled.append(dependent.id)
+    return settled

@@ -1,0 +1,300 @@
+"""Experiment service functions: what the API (and the CLI) may do to an experiment.
+
+These are the only writers of experiments and of job status outside the worker; every status
+change goes through `drl_core.job_states.transition`. Functions that create runnable work
+commit first and enqueue after (the worker reads the row the message names); they take an
+optional `celery_app` (default: the app for `get_settings()`).
+
+The pipeline an experiment starts with: train (gpu) -> encode on the spec's t grid (gpu) ->
+probe (cpu) -> sample (gpu). Encodings and samples requested later depend on train alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from celery import Celery
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from drl_core.artifact_keys import ArtifactKind, experiment_prefix, t_key
+from drl_core.artifacts import ArtifactStore
+from drl_core.dispatch import enqueue_job, enqueue_jobs, ready_jobs
+from drl_core.job_states import (
+    IllegalTransition,
+    JobKind,
+    JobStatus,
+    StaleTransition,
+    derive_experiment_status,
+    failed_job,
+    transition,
+)
+from drl_core.models import Artifact, Experiment, Job
+from drl_core.queue import QUEUE_FOR_KIND
+from drl_engine.spec import ExperimentSpec, SpecError, parse_spec
+
+# A cancel that keeps losing compare-and-sets to a worker gives up after this many tries.
+_CANCEL_RETRIES = 5
+
+
+class IdempotencyConflict(ValueError):
+    """The idempotency key was already used (by this owner) for a different spec."""
+
+
+class NotReady(RuntimeError):
+    """The experiment is not in a state that allows this yet (e.g. training not finished)."""
+
+
+# --- create ------------------------------------------------------------------------------
+
+
+def experiment_name(spec: ExperimentSpec) -> str:
+    return spec.name or f"{spec.dataset.name}-{spec.model.kind}-{spec.model.encoder}"
+
+
+def new_job(experiment: Experiment, kind: JobKind, params: dict[str, Any],
+            depends_on: Job | None = None) -> Job:
+    return Job(experiment=experiment, kind=kind.value, queue=QUEUE_FOR_KIND[kind],
+               params=params, depends_on=depends_on)
+
+
+def _pipeline_jobs(experiment: Experiment, spec: ExperimentSpec) -> list[Job]:
+    t_grid = sorted({t_key(t) for t in spec.evaluate.t_grid})
+    train = new_job(experiment, JobKind.TRAIN, {})
+    encode = new_job(experiment, JobKind.ENCODE, {"t": t_grid}, train)
+    probe = new_job(experiment, JobKind.PROBE, {"t": t_grid}, encode)
+    sample = new_job(experiment, JobKind.SAMPLE, {"sample": spec.sample.model_dump(mode="json")},
+                     probe)
+    return [train, encode, probe, sample]
+
+
+def find_by_idempotency_key(session: Session, owner_id: int | None, key: str) -> Experiment | None:
+    owner = Experiment.owner_id.is_(None) if owner_id is None else Experiment.owner_id == owner_id
+    return session.scalars(
+        sa.select(Experiment).where(owner, Experiment.idempotency_key == key)
+    ).one_or_none()
+
+
+def _replay(session: Session, existing: Experiment, spec_json: dict[str, Any],
+            celery_app: Celery | None) -> tuple[Experiment, bool]:
+    if existing.spec != spec_json:
+        raise IdempotencyConflict(
+            f"idempotency key {existing.idempotency_key!r} was already used for experiment "
+            f"{existing.id} with a different spec")
+    # A retry may follow a create whose enqueue failed (broker down): send the ready jobs
+    # again. A duplicate message is harmless (the worker's compare-and-set drops it).
+    enqueue_jobs(ready_jobs(session, existing.id), celery_app)
+    return existing, False
+
+
+def create_experiment(session: Session, spec: ExperimentSpec, owner_id: int | None,
+                      idempotency_key: str | None, *,
+                      celery_app: Celery | None = None) -> tuple[Experiment, bool]:
+    """Create the experiment and its pipeline jobs, commit, enqueue training.
+
+    Returns (experiment, created). The same `idempotency_key` for the same owner returns the
+    existing experiment with created=False (also when a concurrent request won the insert);
+    with a different spec it raises IdempotencyConflict.
+    """
+    spec_json = spec.model_dump(mode="json")
+    if idempotency_key is not None:
+        existing = find_by_idempotency_key(session, owner_id, idempotency_key)
+        if existing is not None:
+            return _replay(session, existing, spec_json, celery_app)
+
+    experiment = Experiment(name=experiment_name(spec), owner_id=owner_id, spec=spec_json,
+                            idempotency_key=idempotency_key)
+    session.add(experiment)
+    jobs = _pipeline_jobs(experiment, spec)
+    session.add_all(jobs)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        existing = (None if idempotency_key is None
+                    else find_by_idempotency_key(session, owner_id, idempotency_key))
+        if existing is None:
+            raise
+        return _replay(session, existing, spec_json, celery_app)
+    enqueue_job(jobs[0], celery_app)
+    return experiment, True
+
+
+# --- cancel and delete -------------------------------------------------------------------
+
+
+def experiment_jobs(session: Session, experiment_id: int) -> list[Job]:
+    """The experiment's jobs as the database has them now (not as this session cached them)."""
+    return list(session.scalars(
+        sa.select(Job).where(Job.experiment_id == experiment_id).order_by(Job.id)
+        .execution_options(populate_existing=True)))
+
+
+def _cancel_target(status: str) -> JobStatus | None:
+    if status in (JobStatus.QUEUED, JobStatus.LOST):
+        return JobStatus.CANCELLED           # nobody holds it: cancelled at once
+    if status == JobStatus.RUNNING:
+        return JobStatus.CANCELLING          # its worker stops at its next heartbeat
+    return None                              # already cancelling, or finished
+
+
+def _cancel_job(session: Session, job: Job) -> None:
+    for _ in range(_CANCEL_RETRIES):
+        target = _cancel_target(job.status)
+        if target is None:
+            return
+        try:
+            transition(session, job, target)
+            return
+        except (StaleTransition, IllegalTransition):
+            # A worker or the reaper moved it meanwhile (e.g. queued -> running): decide again.
+            session.refresh(job)
+    raise RuntimeError(f"job {job.id}: could not cancel it, its status kept changing")
+
+
+def cancel_experiment(session: Session, experiment: Experiment) -> Experiment:
+    """Cancel every job that has not finished: queued (and lost) -> cancelled, running ->
+    cancelling (its worker stops and moves it to cancelled). Idempotent; commits."""
+    for job in experiment_jobs(session, experiment.id):
+        _cancel_job(session, job)
+    session.commit()
+    session.refresh(experiment)
+    return experiment
+
+
+def delete_experiment(session: Session, store: ArtifactStore, experiment: Experiment) -> None:
+    """Cancel what runs, delete the artifacts under `experiments/<id>/`, then the rows.
+
+    Files go first so a failure can be retried (the experiment is still there to delete). A
+    worker that uploads between the two steps finds its job gone at the next heartbeat and
+    removes the experiment's prefix itself (worker/tasks.py).
+    """
+    experiment_id = experiment.id
+    cancel_experiment(session, experiment)
+    store.delete_prefix(experiment_prefix(experiment_id))
+    # Core DELETE: the database's ON DELETE CASCADE removes jobs, artifacts and metric points
+    # (the ORM would delete loaded jobs one by one, tripping over depends_on's cascade).
+    session.expunge(experiment)
+    session.execute(sa.delete(Experiment).where(Experiment.id == experiment_id))
+    session.commit()
+
+
+# --- more work on a trained model --------------------------------------------------------
+
+
+def train_job(session: Session, experiment: Experiment) -> Job:
+    job = session.scalars(
+        sa.select(Job).where(Job.experiment_id == experiment.id, Job.kind == JobKind.TRAIN.value)
+        .order_by(Job.id).limit(1).execution_options(populate_existing=True)
+    ).one_or_none()
+    if job is None:
+        raise NotReady(f"experiment {experiment.id} has no train job")
+    return job
+
+
+def validate_t_values(t_values: Any) -> list[float]:
+    """Sorted, distinct t (3 decimals) from a non-empty list of numbers in [0, 1]."""
+    if isinstance(t_values, (str, bytes)) or not isinstance(t_values, Sequence) or not t_values:
+        raise ValueError(f"t: expected a non-empty list of numbers in [0, 1], got {t_values!r}")
+    bad = [t for t in t_values
+           if isinstance(t, bool) or not isinstance(t, (int, float))
+           or not math.isfinite(t) or not 0.0 <= t <= 1.0]
+    if bad:
+        raise ValueError(f"t: every value must be a number in [0, 1], got {bad}")
+    return sorted({t_key(t) for t in t_values})
+
+
+def request_encodings(session: Session, experiment: Experiment, t_values: list[float], *,
+                      celery_app: Celery | None = None) -> Job:
+    """An encode job for `t_values` (both splits) on the trained model; commits, enqueues.
+
+    ValueError naming `t` on bad values; NotReady until the train job has succeeded.
+    """
+    ts = validate_t_values(t_values)
+    train = train_job(session, experiment)
+    if train.status != JobStatus.SUCCEEDED:
+        raise NotReady(f"experiment {experiment.id}: training is {train.status}; encodings can "
+                       "be requested once it has succeeded")
+    job = new_job(experiment, JobKind.ENCODE, {"t": ts}, train)
+    session.add(job)
+    session.commit()
+    enqueue_job(job, celery_app)
+    return job
+
+
+def sample_params(experiment: Experiment, params: Any) -> dict[str, Any]:
+    """`params` merged over the experiment's spec.sample, validated (SpecError naming
+    `sample.<field>`, including the checks that involve the model, e.g. grid codes)."""
+    if not isinstance(params, dict):
+        raise SpecError(f"sample: expected a mapping of sample settings, got {type(params).__name__}")
+    spec = dict(experiment.spec)
+    spec["sample"] = {**spec.get("sample", {}), **params}
+    return parse_spec(spec).sample.model_dump(mode="json")
+
+
+def request_samples(session: Session, experiment: Experiment, params: dict[str, Any], *,
+                    celery_app: Celery | None = None) -> Job:
+    """A sample job with `params` over the spec's sample settings; commits, and enqueues it
+    now if training has succeeded, or when it does. NotReady if training failed or was
+    cancelled (there is no model to sample from)."""
+    merged = sample_params(experiment, params)
+    train = train_job(session, experiment)
+    if train.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+        raise NotReady(f"experiment {experiment.id}: training {train.status}; there is no model "
+                       "to sample from")
+    job = new_job(experiment, JobKind.SAMPLE, {"sample": merged}, train)
+    session.add(job)
+    session.commit()
+    if train.status == JobStatus.SUCCEEDED:
+        enqueue_job(job, celery_app)
+    return job
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+def computed_embeddings(session: Session, experiment_id: int) -> dict[str, list[float]]:
+    """The t values with a stored embedding, per split: {"train": [...], "test": [...]}."""
+    rows = session.scalars(sa.select(Artifact).where(
+        Artifact.experiment_id == experiment_id, Artifact.kind == ArtifactKind.EMBEDDING.value))
+    found: dict[str, set[float]] = {"train": set(), "test": set()}
+    for row in rows:
+        found.setdefault(row.meta["split"], set()).add(t_key(row.meta["t"]))
+    return {split: sorted(ts) for split, ts in found.items()}
+
+
+def probe_summary(session: Session, experiment_id: int) -> dict[str, Any] | None:
+    """{"best": {column: {"t", "value"}}, "key": ...} from the stored probes.json's row."""
+    row = session.scalars(sa.select(Artifact).where(
+        Artifact.experiment_id == experiment_id, Artifact.kind == ArtifactKind.PROBES.value,
+        Artifact.key.like("%.json"))).one_or_none()
+    if row is None:
+        return None
+    return {"best": row.meta.get("best", {}), "key": row.key}
+
+
+def experiment_summary(session: Session, experiment: Experiment) -> dict[str, Any]:
+    """Status derived from the jobs, the failed step and why, training progress, the best t
+    per probe (once probes ran) and the computed embeddings."""
+    jobs = experiment_jobs(session, experiment.id)
+    failed = failed_job(jobs)
+    train = next((j for j in jobs if j.kind == JobKind.TRAIN), None)
+    return {
+        "id": experiment.id,
+        "name": experiment.name,
+        "owner_id": experiment.owner_id,
+        "created_at": experiment.created_at,
+        "status": derive_experiment_status(j.status for j in jobs).value,
+        "failed_step": failed.kind if failed is not None else None,
+        "error": failed.error if failed is not None else None,
+        "progress": None if train is None else {
+            "step": train.step, "total": train.total, "loss": train.loss,
+            "images_per_s": train.images_per_s, "heartbeat_at": train.heartbeat_at},
+        "jobs": [{"id": j.id, "kind": j.kind, "status": j.status, "attempt": j.attempt,
+                  "depends_on_id": j.depends_on_id, "error": j.error} for j in jobs],
+        "probes": probe_summary(session, experiment.id),
+        "embeddings": computed_embeddings(session, experiment.id),
+    }

@@ -1,0 +1,279 @@
+"""Experiment service functions, artifact keys and dispatch, on real PostgreSQL.
+
+Messages go to the embedded filesystem transport in a temporary folder that no worker reads,
+so each test can see exactly what was enqueued (job ids per queue).
+"""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from drl_core.artifact_keys import (
+    checkpoint_key,
+    checkpoint_step,
+    embedding_key,
+    experiment_prefix,
+    labels_key,
+    probes_key,
+    sample_key,
+    t_key,
+)
+from drl_core.artifacts import LocalArtifactStore, StoredArtifact
+from drl_core.dispatch import release_dependents, settle_downstream
+from drl_core.experiments import (
+    IdempotencyConflict,
+    NotReady,
+    cancel_experiment,
+    create_experiment,
+    delete_experiment,
+    experiment_summary,
+    request_encodings,
+    request_samples,
+)
+from drl_core.job_states import JobStatus, transition
+from drl_core.models import Artifact, Experiment, Job, MetricPoint, User
+from drl_engine.encode import t_key as engine_t_key
+from drl_engine.spec import SpecError
+from worker.context import upsert_artifact
+
+pytest.register_assert_rewrite("worker_fixtures")
+from worker_fixtures import filesystem_celery, queued_job_ids, tiny_spec  # noqa: E402
+
+pytest_plugins = ["worker_fixtures"]
+
+
+@pytest.fixture
+def queue(tmp_path):
+    """(celery app, settings) of an unconsumed filesystem queue."""
+    return filesystem_celery(tmp_path / "home")
+
+
+def create(session: Session, queue, spec=None, owner_id=None, key=None):
+    return create_experiment(session, spec or tiny_spec(), owner_id, key, celery_app=queue[0])
+
+
+def run_to(session: Session, job: Job, *statuses: JobStatus, **fields) -> None:
+    """Walk `job` through `statuses` as a worker would (each a legal transition)."""
+    for status in statuses:
+        transition(session, job, status, **(fields if status == statuses[-1] else {}))
+    session.commit()
+
+
+# --- create ------------------------------------------------------------------------------
+
+
+def test_create_builds_the_pipeline_and_enqueues_only_training(pg_session: Session, queue) -> None:
+    spec = tiny_spec(evaluate={"t_grid": [1.0, 0.5, 0.0, 0.5000001]})
+    experiment, created = create(pg_session, queue, spec)
+    assert created and experiment.spec == spec.model_dump(mode="json")
+
+    train, encode, probe, sample = experiment.jobs
+    assert [(j.kind, j.queue, j.status, j.attempt) for j in experiment.jobs] == [
+        ("train", "gpu", "queued", 1), ("encode", "gpu", "queued", 1),
+        ("probe", "cpu", "queued", 1), ("sample", "gpu", "queued", 1)]
+    assert [j.depends_on_id for j in experiment.jobs] == [None, train.id, encode.id, probe.id]
+    assert encode.params == probe.params == {"t": [0.0, 0.5, 1.0]}
+    assert sample.params == {"sample": spec.sample.model_dump(mode="json")}
+    assert queued_job_ids(queue[1], "gpu") == [train.id]
+    assert queued_job_ids(queue[1], "cpu") == []
+
+
+def test_create_is_idempotent_per_owner_and_key(pg_session: Session, queue) -> None:
+    first, created = create(pg_session, queue, key="k1")
+    again, created_again = create(pg_session, queue, key="k1")
+    assert created and not created_again and again.id == first.id
+    assert pg_session.scalar(sa.select(sa.func.count()).select_from(Experiment)) == 1
+    # The replay re-sends the still-queued training (a lost enqueue heals); no new jobs.
+    assert queued_job_ids(queue[1], "gpu") == [first.jobs[0].id] * 2
+    assert pg_session.scalar(sa.select(sa.func.count()).select_from(Job)) == 4
+
+    with pytest.raises(IdempotencyConflict, match="'k1'.*different spec"):
+        create(pg_session, queue, tiny_spec(train={"iterations": 31}), key="k1")
+
+    alice = User(name="alice")
+    pg_session.add(alice)
+    pg_session.commit()
+    owned, created_owned = create(pg_session, queue, owner_id=alice.id, key="k1")
+    assert created_owned and owned.id != first.id
+    assert create(pg_session, queue, owner_id=alice.id, key="k1")[0].id == owned.id
+    # No key: every call creates.
+    assert create(pg_session, queue)[0].id != create(pg_session, queue)[0].id
+
+
+def test_replay_does_not_resend_a_running_job(pg_session: Session, queue) -> None:
+    experiment, _ = create(pg_session, queue, key="k")
+    run_to(pg_session, experiment.jobs[0], JobStatus.RUNNING)
+    create(pg_session, queue, key="k")
+    assert queued_job_ids(queue[1], "gpu") == [experiment.jobs[0].id]
+
+
+# --- cancel and delete -------------------------------------------------------------------
+
+
+def test_cancel_queued_and_running_jobs(pg_session: Session, queue) -> None:
+    experiment, _ = create(pg_session, queue)
+    train = experiment.jobs[0]
+    run_to(pg_session, train, JobStatus.RUNNING, worker="w:1")
+
+    cancel_experiment(pg_session, experiment)
+    assert [j.status for j in experiment.jobs] == ["cancelling", "cancelled", "cancelled", "cancelled"]
+    assert experiment_summary(pg_session, experiment)["status"] == "cancelling"
+    cancel_experiment(pg_session, experiment)   # idempotent
+    assert [j.status for j in experiment.jobs] == ["cancelling", "cancelled", "cancelled", "cancelled"]
+
+    run_to(pg_session, train, JobStatus.CANCELLED)   # what the worker does when it stops
+    assert experiment_summary(pg_session, experiment)["status"] == "cancelled"
+
+
+def test_cancel_leaves_finished_jobs_alone(pg_session: Session, queue) -> None:
+    experiment, _ = create(pg_session, queue)
+    run_to(pg_session, experiment.jobs[0], JobStatus.RUNNING, JobStatus.SUCCEEDED)
+    cancel_experiment(pg_session, experiment)
+    assert [j.status for j in experiment.jobs] == ["succeeded", "cancelled", "cancelled", "cancelled"]
+
+
+def test_delete_removes_rows_and_artifacts_of_that_experiment_only(pg_session: Session, queue,
+                                                                   tmp_path) -> None:
+    store = LocalArtifactStore(tmp_path / "store")
+    doomed, _ = create(pg_session, queue)
+    kept, _ = create(pg_session, queue)
+    run_to(pg_session, doomed.jobs[0], JobStatus.RUNNING)
+    for experiment in (doomed, kept):
+        stored = store.put_bytes(checkpoint_key(experiment.id, 10), b"weights")
+        upsert_artifact(pg_session, experiment.id, experiment.jobs[0].id, "checkpoint", stored, {})
+        pg_session.add(MetricPoint(experiment_id=experiment.id, job_id=experiment.jobs[0].id,
+                                   key="loss", step=10, value=1.0))
+    pg_session.commit()
+    doomed_id = doomed.id
+
+    delete_experiment(pg_session, store, doomed)
+    assert pg_session.get(Experiment, doomed_id) is None
+    for model in (Job, Artifact, MetricPoint):
+        assert pg_session.scalar(sa.select(sa.func.count()).select_from(model).where(
+            model.experiment_id == doomed_id)) == 0
+    assert store.list(experiment_prefix(doomed_id)) == []
+    assert store.list(experiment_prefix(kept.id)) == [checkpoint_key(kept.id, 10)]
+    assert len(pg_session.scalars(sa.select(Job).where(Job.experiment_id == kept.id)).all()) == 4
+
+
+# --- more encodings and samples ----------------------------------------------------------
+
+
+def test_request_encodings_needs_a_trained_model_and_valid_t(pg_session: Session, queue) -> None:
+    experiment, _ = create(pg_session, queue)
+    train = experiment.jobs[0]
+    with pytest.raises(NotReady, match="training is queued"):
+        request_encodings(pg_session, experiment, [0.5], celery_app=queue[0])
+
+    run_to(pg_session, train, JobStatus.RUNNING, JobStatus.SUCCEEDED)
+    for bad in ([], [1.5], [-0.1], ["0.5"], [True], [float("nan")], 0.5):
+        with pytest.raises(ValueError, match=r"^t: "):
+            request_encodings(pg_session, experiment, bad, celery_app=queue[0])
+
+    job = request_encodings(pg_session, experiment, [0.5, 0.25, 0.2500001, 1],
+                            celery_app=queue[0])
+    assert (job.kind, job.status, job.queue, job.depends_on_id) == ("encode", "queued", "gpu", train.id)
+    assert job.params == {"t": [0.25, 0.5, 1.0]}
+    assert queued_job_ids(queue[1], "gpu") == [train.id, job.id]
+
+
+def test_request_samples_validates_against_the_spec(pg_session: Session, queue) -> None:
+    experiment, _ = create(pg_session, queue)
+    train = experiment.jobs[0]
+    with pytest.raises(SpecError, match=r"sample\.steps"):
+        request_samples(pg_session, experiment, {"steps": 0}, celery_app=queue[0])
+    with pytest.raises(SpecError, match=r"sample\.colour.*unknown field"):
+        request_samples(pg_session, experiment, {"colour": "red"}, celery_app=queue[0])
+    with pytest.raises(SpecError, match=r"sample\.code_source 'grid' needs model\.latent_dim 2"):
+        request_samples(pg_session, experiment, {"code_source": "grid"}, celery_app=queue[0])
+
+    # Training not finished: the job waits behind it (its success enqueues the job).
+    waiting = request_samples(pg_session, experiment, {"count": 9, "sampler": "ode"},
+                              celery_app=queue[0])
+    expected = {**tiny_spec().sample.model_dump(mode="json"), "count": 9, "sampler": "ode"}
+    assert waiting.params == {"sample": expected} and waiting.depends_on_id == train.id
+    assert queued_job_ids(queue[1], "gpu") == [train.id]
+
+    run_to(pg_session, train, JobStatus.RUNNING, JobStatus.SUCCEEDED)
+    released = release_dependents(pg_session, train, queue[0])
+    assert released == [experiment.jobs[1].id, waiting.id]
+    now = request_samples(pg_session, experiment, {}, celery_app=queue[0])
+    assert queued_job_ids(queue[1], "gpu") == sorted([train.id, *released, now.id])
+
+
+def test_request_samples_refuses_after_failed_training(pg_session: Session, queue) -> None:
+    experiment, _ = create(pg_session, queue)
+    run_to(pg_session, experiment.jobs[0], JobStatus.RUNNING, JobStatus.FAILED, error="boom")
+    with pytest.raises(NotReady, match="training failed"):
+        request_samples(pg_session, experiment, {}, celery_app=queue[0])
+
+
+# --- the job graph and the summary -------------------------------------------------------
+
+
+def test_failure_settles_downstream_and_the_summary_names_the_step(pg_session: Session,
+                                                                   queue) -> None:
+    experiment, _ = create(pg_session, queue)
+    train, encode, probe, sample = experiment.jobs
+    run_to(pg_session, train, JobStatus.RUNNING, JobStatus.SUCCEEDED)
+    run_to(pg_session, encode, JobStatus.RUNNING, JobStatus.FAILED, error="RuntimeError: out of memory")
+    assert settle_downstream(pg_session, encode) == [probe.id, sample.id]
+    pg_session.commit()
+    assert [(j.status, j.error) for j in (probe, sample)] == [
+        ("failed", f"upstream encode job {encode.id} failed")] * 2
+
+    summary = experiment_summary(pg_session, experiment)
+    assert (summary["status"], summary["failed_step"], summary["error"]) == (
+        "failed", "encode", "RuntimeError: out of memory")
+    assert summary["probes"] is None
+    assert [j["status"] for j in summary["jobs"]] == ["succeeded", "failed", "failed", "failed"]
+
+
+def test_summary_reports_best_t_and_computed_embeddings(pg_session: Session, queue) -> None:
+    experiment, _ = create(pg_session, queue)
+    best = {"linear": {"t": 0.5, "value": 0.9}}
+    rows = [("probes", probes_key(experiment.id, "json"), {"format": "json", "best": best}),
+            ("embedding", embedding_key(experiment.id, "test", 0.5), {"split": "test", "t": 0.5}),
+            ("embedding", embedding_key(experiment.id, "test", 0.0), {"split": "test", "t": 0.0}),
+            ("labels", labels_key(experiment.id, "test"), {"split": "test"})]
+    for kind, key, meta in rows:
+        upsert_artifact(pg_session, experiment.id, None, kind, StoredArtifact(key, 1, "0" * 64), meta)
+    pg_session.commit()
+    summary = experiment_summary(pg_session, experiment)
+    assert summary["probes"] == {"best": best, "key": probes_key(experiment.id, "json")}
+    assert summary["embeddings"] == {"train": [], "test": [0.0, 0.5]}
+    assert summary["status"] == "queued" and summary["failed_step"] is None
+
+
+def test_upsert_records_a_key_once(pg_session: Session, queue) -> None:
+    experiment, _ = create(pg_session, queue)
+    key = sample_key(experiment.id, 7)
+    upsert_artifact(pg_session, experiment.id, None, "sample", StoredArtifact(key, 1, "a" * 64), {})
+    upsert_artifact(pg_session, experiment.id, None, "sample", StoredArtifact(key, 2, "b" * 64),
+                    {"job_id": 7})
+    pg_session.commit()
+    row = pg_session.scalars(sa.select(Artifact).where(Artifact.key == key)).one()
+    assert (row.size, row.sha256, row.meta) == (2, "b" * 64, {"job_id": 7})
+
+
+# --- artifact keys -----------------------------------------------------------------------
+
+
+def test_artifact_keys() -> None:
+    assert experiment_prefix(3) == "experiments/3/"
+    assert checkpoint_key(3, 1000) == "experiments/3/checkpoints/ckpt_00001000.pt"
+    assert checkpoint_step(checkpoint_key(3, 1000)) == 1000
+    assert embedding_key(3, "test", 0.5) == "experiments/3/embeddings/test/t=0.500.npy"
+    assert embedding_key(3, "train", 0.1 + 0.2) == "experiments/3/embeddings/train/t=0.300.npy"
+    assert labels_key(3, "train") == "experiments/3/embeddings/train/labels.npy"
+    assert probes_key(3) == "experiments/3/probes/probes.json"
+    assert probes_key(3, "png") == "experiments/3/probes/probes.png"
+    assert sample_key(3, 12) == "experiments/3/samples/12.png"
+    for t in (0.0, 0.1 + 0.2, 0.12345, 0.9996, 1.0):
+        assert t_key(t) == engine_t_key(t)
+    with pytest.raises(ValueError, match="split: expected one of train, test, got 'val'"):
+        embedding_key(3, "val", 0.5)
+    with pytest.raises(ValueError, match="not a checkpoint key"):
+        checkpoint_step("experiments/3/samples/1.png")

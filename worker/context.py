@@ -1,0 +1,254 @@
+"""What a job runner works with: the process's resources, the job's heartbeat, its context.
+
+Heartbeat: a background thread of the job's process refreshes the job row every
+`heartbeat_interval_s` through `job_states.heartbeat` (a compare-and-set on status and
+attempt), writing the latest progress and log lines with it. The same write answers two
+questions the runner polls cheaply, without a database read of its own:
+- was a cancel requested (status cancelling)? -> the runner stops at its next check;
+- is the job still ours (not reaped, re-queued to another worker, or deleted)? -> if not,
+  the runner stops without writing anything more.
+A thread rather than beats from the training loop alone, because a job has long stretches
+without a callback (importing torch, loading a dataset, one probe fit, a checkpoint upload)
+and a live job must never look dead. The cost: a process wedged inside a CUDA call keeps
+beating; the reaper handles dead processes, not hung ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from drl_core.artifact_keys import ArtifactKind, t_key
+from drl_core.artifacts import ArtifactStore, StoredArtifact, build_store
+from drl_core.db import make_engine, session_factory
+from drl_core.job_states import JobStatus, StaleTransition, heartbeat, utc_now
+from drl_core.models import Artifact, Job
+from drl_core.settings import Settings
+from drl_engine.spec import ExperimentSpec
+
+logger = logging.getLogger("drl.worker")
+
+
+class JobCancelled(Exception):
+    """A cancel was requested and the runner stopped."""
+
+
+class JobLost(Exception):
+    """The job is no longer this worker's (reaped, re-queued, deleted): stop, write nothing."""
+
+
+class WorkerResources:
+    """A process's database engine, session factory and artifact store.
+
+    One per process: a forked pool process must not share its parent's connections, so each
+    builds its own (worker/tasks.py makes them at `worker_process_init`). The engine connects
+    lazily; the store is built on first use (an S3 store contacts its endpoint).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = make_engine(settings.resolved_database_url)
+        self.sessions = session_factory(self.engine)
+        self._store: ArtifactStore | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def store(self) -> ArtifactStore:
+        with self._lock:   # the reaper thread and the job may ask at once
+            if self._store is None:
+                self._store = build_store(self.settings)
+            return self._store
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+class Heartbeat:
+    """Keeps job `job_id` at `attempt` alive from a daemon thread; see the module docstring."""
+
+    def __init__(self, sessions: sessionmaker[Session], job_id: int, attempt: int,
+                 interval_s: float) -> None:
+        self.sessions, self.job_id, self.attempt, self.interval_s = sessions, job_id, attempt, interval_s
+        self.cancel_requested = threading.Event()
+        self.lost = threading.Event()
+        self._progress: dict[str, Any] = {}
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def report(self, **progress: Any) -> None:
+        """Progress fields (step, total, loss, images_per_s) for the next beat."""
+        with self._lock:
+            self._progress.update(progress)
+
+    def log(self, line: str) -> None:
+        """A line for the job's log tail, written with the next beat."""
+        with self._lock:
+            self._lines.append(line)
+
+    def beat(self) -> None:
+        """One heartbeat now. A database error is logged and retried at the next beat (the
+        reaper decides when silence means death), never raised into the job."""
+        if self.lost.is_set():
+            return
+        with self._lock:
+            progress, lines = dict(self._progress), list(self._lines)
+        try:
+            with self.sessions() as session:
+                job = session.get(Job, self.job_id)
+                if job is None or job.attempt != self.attempt:
+                    self.lost.set()
+                    return
+                fields = dict(progress)
+                if lines:
+                    fields["log_tail"] = job.tail_with(lines)
+                status = heartbeat(session, job, **fields)
+                session.commit()
+        except StaleTransition:
+            self.lost.set()
+            return
+        except SQLAlchemyError as exc:
+            logger.warning("job %s: heartbeat failed, retrying: %s", self.job_id,
+                           str(exc).splitlines()[0])
+            return
+        with self._lock:
+            del self._lines[:len(lines)]
+        if status == JobStatus.CANCELLING:
+            self.cancel_requested.set()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.interval_s) and not self.lost.is_set():
+            try:
+                self.beat()
+            except Exception:  # a bug here must not silence the job: keep beating
+                logger.exception("job %s: heartbeat error", self.job_id)
+
+    def start(self) -> Heartbeat:
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-job-{self.job_id}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the thread, then flush the last progress and log lines with a final beat."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.beat()
+
+
+@dataclass
+class JobContext:
+    """Everything a runner needs: the job's identity and parameters, the spec, a session for
+    its own writes (artifact rows, metric points), the store, the heartbeat, a scratch dir."""
+
+    job_id: int
+    experiment_id: int
+    kind: str
+    attempt: int
+    params: dict[str, Any]
+    spec: ExperimentSpec
+    session: Session
+    resources: WorkerResources
+    heartbeat: Heartbeat
+    workdir: Path
+
+    @property
+    def store(self) -> ArtifactStore:
+        return self.resources.store
+
+    @property
+    def settings(self) -> Settings:
+        return self.resources.settings
+
+    def t_values(self) -> list[float]:
+        """The job's `t` list (default: the spec's t grid), rounded to 3 decimals, sorted."""
+        return sorted({t_key(t) for t in self.params.get("t") or self.spec.evaluate.t_grid})
+
+    def log(self, message: str) -> None:
+        logger.info("job %s (%s): %s", self.job_id, self.kind, message)
+        for line in message.splitlines():
+            self.heartbeat.log(line)
+
+    # -- stopping ------------------------------------------------------------------------
+
+    def should_stop(self) -> bool:
+        """For the trainer: stop when a cancel was requested or the job was taken away."""
+        return self.heartbeat.cancel_requested.is_set() or self.heartbeat.lost.is_set()
+
+    def ensure_held(self) -> None:
+        """Raise JobLost if the job is no longer ours: call before every write."""
+        if self.heartbeat.lost.is_set():
+            raise JobLost(f"job {self.job_id} attempt {self.attempt} is no longer held by this worker")
+
+    def check(self) -> None:
+        """Raise JobLost or JobCancelled if the runner must stop."""
+        self.ensure_held()
+        if self.heartbeat.cancel_requested.is_set():
+            raise JobCancelled(f"job {self.job_id} cancelled")
+
+    def progress_check(self) -> Callable[[int, int], None]:
+        """An engine `progress(done, total)` callback that stops the run when it must."""
+        def on_progress(done: int, total: int) -> None:
+            self.check()
+        return on_progress
+
+    # -- artifacts -----------------------------------------------------------------------
+
+    def artifacts(self, kind: ArtifactKind) -> list[Artifact]:
+        return list(self.session.scalars(
+            sa.select(Artifact).where(Artifact.experiment_id == self.experiment_id,
+                                      Artifact.kind == kind.value).order_by(Artifact.key)))
+
+    def store_bytes(self, key: str, data: bytes, kind: ArtifactKind,
+                    meta: dict[str, Any] | None = None) -> StoredArtifact:
+        self.ensure_held()
+        return self._record(self.store.put_bytes(key, data), kind, meta)
+
+    def store_file(self, key: str, path: Path, kind: ArtifactKind,
+                   meta: dict[str, Any] | None = None) -> StoredArtifact:
+        self.ensure_held()
+        return self._record(self.store.put_file(key, path), kind, meta)
+
+    def _record(self, stored: StoredArtifact, kind: ArtifactKind,
+                meta: dict[str, Any] | None) -> StoredArtifact:
+        upsert_artifact(self.session, self.experiment_id, self.job_id, kind, stored, meta or {})
+        self.session.commit()
+        return stored
+
+    def delete_artifact(self, row: Artifact) -> None:
+        """Row first, then the file: a crash in between leaves an unlisted file, never a row
+        that points at nothing."""
+        key = row.key
+        self.session.delete(row)
+        self.session.commit()
+        self.store.delete(key)
+
+
+def upsert_artifact(session: Session, experiment_id: int, job_id: int | None,
+                    kind: ArtifactKind | str, stored: StoredArtifact, meta: dict[str, Any]) -> None:
+    """Insert the row for `stored.key`, or update it if the key is already recorded: one
+    atomic statement, so two runs of a job can never record one key twice."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        insert = postgresql.insert
+    elif dialect == "sqlite":
+        insert = sqlite.insert
+    else:
+        raise RuntimeError(f"upsert_artifact: unsupported database dialect {dialect!r}")
+    values = {"experiment_id": experiment_id, "job_id": job_id, "kind": ArtifactKind(kind).value,
+              "key": stored.key, "size": stored.size, "sha256": stored.sha256, "meta": meta}
+    statement = insert(Artifact).values(created_at=utc_now(), **values)
+    session.execute(statement.on_conflict_do_update(index_elements=[Artifact.key],
+                                                    set_=values))

@@ -1,0 +1,97 @@
+"""The reaper: jobs whose worker stopped heartbeating are lost; re-queue them or settle them.
+
+A held job (running or cancelling) whose `heartbeat_at` is older than
+`heartbeat_timeout_s` goes through `job_states.reap`: running -> lost -> queued with attempt
++ 1 (and is enqueued again; the train runner resumes from its last stored checkpoint), or
+-> failed once `max_attempts` are used up; cancelling -> cancelled. A job that ends failed or
+cancelled settles its queued downstream jobs.
+
+Every worker process runs one (`start_reaper`); several reapers racing on one job are
+harmless, each step is a compare-and-set and the losers skip the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+
+from drl_core.dispatch import enqueue_job, settle_downstream
+from drl_core.job_states import (
+    HELD_BY_WORKER,
+    IllegalTransition,
+    JobStatus,
+    StaleTransition,
+    reap,
+    utc_now,
+)
+from drl_core.models import Job
+from drl_core.settings import get_settings
+
+logger = logging.getLogger("drl.reaper")
+
+
+def stale_jobs(session: Session, cutoff: datetime) -> list[Job]:
+    """Held jobs whose last heartbeat (or, lacking one, last update) is before `cutoff`."""
+    last_sign_of_life = sa.func.coalesce(Job.heartbeat_at, Job.updated_at)
+    return list(session.scalars(
+        sa.select(Job).where(Job.status.in_(sorted(s.value for s in HELD_BY_WORKER)),
+                             last_sign_of_life < cutoff).order_by(Job.id)))
+
+
+def reap_stale_jobs(session: Session, now: datetime | None = None, *,
+                    timeout_s: float | None = None,
+                    celery_app: Celery | None = None) -> list[int]:
+    """Reap every held job silent for more than `timeout_s` (default: the settings'
+    heartbeat_timeout_s) before `now`; commits each one, enqueues the re-queued ones, and
+    returns the ids reaped."""
+    timeout_s = get_settings().heartbeat_timeout_s if timeout_s is None else timeout_s
+    cutoff = (now or utc_now()) - timedelta(seconds=timeout_s)
+    reaped = []
+    for job in stale_jobs(session, cutoff):
+        worker = job.worker
+        try:
+            status = reap(session, job, error=None)
+            if status in (JobStatus.FAILED, JobStatus.CANCELLED):
+                settle_downstream(session, job)
+            session.commit()
+        except (StaleTransition, IllegalTransition):
+            session.rollback()   # it heartbeated, finished, or another reaper got it first
+            continue
+        logger.warning("job %s (%s) lost its worker %s: now %s (attempt %s of %s)", job.id,
+                       job.kind, worker or "?", status, job.attempt, job.max_attempts)
+        reaped.append(job.id)
+        if status == JobStatus.QUEUED:
+            enqueue_job(job, celery_app)
+    return reaped
+
+
+class Reaper:
+    """Runs `reap_stale_jobs` every `interval_s` on a daemon thread."""
+
+    def __init__(self, sessions: sessionmaker[Session], interval_s: float, timeout_s: float,
+                 celery_app: Celery | None = None) -> None:
+        self.sessions, self.interval_s, self.timeout_s = sessions, interval_s, timeout_s
+        self.celery_app = celery_app
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="drl-reaper", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.interval_s):
+            try:
+                with self.sessions() as session:
+                    reap_stale_jobs(session, timeout_s=self.timeout_s, celery_app=self.celery_app)
+            except Exception:  # a database or broker outage must not end the reaper
+                logger.exception("reaper pass failed; retrying in %.0f s", self.interval_s)
+
+    def start(self) -> Reaper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join()

@@ -1,0 +1,233 @@
+"""`drl.run_job(job_id)`: run one job as its row says, and move the pipeline along.
+
+    1. compare-and-set queued -> running (worker = host:pid). If that fails the job was
+       cancelled, already ran, or another delivery of the same message got it: drop the
+       message. A duplicate delivery is therefore harmless, and a job cancelled while
+       queued never runs.
+    2. run the kind's runner with a heartbeat thread (worker/context.py);
+    3. succeeded -> enqueue the queued jobs that depend on it;
+       an exception -> failed, with a one-line error and the traceback's last lines in the
+       log tail, and its queued downstream jobs failed with "upstream <kind> job N failed";
+       a cancel -> cancelled (downstream jobs cancelled);
+       the job taken away meanwhile (reaped, re-queued, deleted) -> write nothing more.
+
+Per process: every pool process builds its own database engine and artifact store at
+`worker_process_init` (never inherited across fork) and runs a reaper thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init, worker_process_shutdown
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from drl_core.artifact_keys import experiment_prefix
+from drl_core.dispatch import release_dependents, settle_downstream
+from drl_core.job_states import (
+    HELD_BY_WORKER,
+    IllegalTransition,
+    JobStatus,
+    StaleTransition,
+    transition,
+)
+from drl_core.models import Experiment, Job
+from drl_core.queue import TASK_RUN_JOB
+from drl_core.settings import get_settings
+from drl_engine.spec import ExperimentSpec
+from worker.context import Heartbeat, JobCancelled, JobContext, JobLost, WorkerResources
+from worker.jobs import runner_for
+from worker.reaper import Reaper
+
+logger = logging.getLogger("drl.worker")
+
+# Traceback lines kept in a failed job's log tail.
+TRACEBACK_TAIL_LINES = 15
+# Compare-and-set attempts for the final status before concluding the job is not ours.
+_FINISH_RETRIES = 3
+
+_resources: WorkerResources | None = None
+_reaper: Reaper | None = None
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def process_resources() -> WorkerResources:
+    """This process's resources (built on first use in a process without the signal)."""
+    global _resources
+    if _resources is None:
+        _resources = WorkerResources(get_settings())
+    return _resources
+
+
+def one_line_error(exc: BaseException) -> str:
+    message = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {message[0]}" if message else type(exc).__name__
+
+
+def traceback_tail(exc: BaseException) -> list[str]:
+    lines = "".join(traceback.format_exception(exc)).rstrip("\n").splitlines()
+    return lines[-TRACEBACK_TAIL_LINES:]
+
+
+# --- the task ----------------------------------------------------------------------------
+
+
+def run_job(job_id: int, resources: WorkerResources | None = None,
+            celery_app: Celery | None = None) -> str:
+    """Run job `job_id` if it is queued and ready; returns what happened: succeeded, failed,
+    cancelled, lost (taken away mid-run), skipped (not queued: nothing done), waiting (its
+    dependency has not succeeded: left queued) or missing (no such job)."""
+    resources = resources or process_resources()
+    with resources.sessions() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            logger.warning("job %s: no such job (deleted?); message dropped", job_id)
+            return "missing"
+        if job.status != JobStatus.QUEUED:
+            logger.info("job %s is %s, not queued; message dropped", job_id, job.status)
+            return "skipped"
+        if job.depends_on is not None and job.depends_on.status != JobStatus.SUCCEEDED:
+            # Only ready jobs are enqueued; a stray message must not run a job early. Its
+            # dependency's success enqueues it again.
+            logger.info("job %s waits for job %s (%s); message dropped", job_id,
+                        job.depends_on_id, job.depends_on.status)
+            return "waiting"
+        try:
+            transition(session, job, JobStatus.RUNNING, worker=worker_name())
+            session.commit()
+        except (StaleTransition, IllegalTransition) as exc:
+            session.rollback()
+            logger.info("job %s: %s; message dropped", job_id, exc)
+            return "skipped"
+        return _run_held_job(session, job, resources, celery_app)
+
+
+def _run_held_job(session: Session, job: Job, resources: WorkerResources,
+                  celery_app: Celery | None) -> str:
+    # The row may change or vanish under this worker (cancel, reaper, delete): keep what the
+    # job *was* when this worker took it, never re-read it through the expired object.
+    job_id, attempt, experiment_id, kind = job.id, job.attempt, job.experiment_id, job.kind
+    heartbeat = Heartbeat(resources.sessions, job_id, attempt,
+                          resources.settings.heartbeat_interval_s).start()
+    logger.info("job %s (%s, experiment %s) attempt %s started", job_id, kind, experiment_id,
+                attempt)
+    fields: dict[str, Any] = {}
+    log_lines: list[str] = []
+    error: Exception | None = None
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"drl-job-{job_id}-") as workdir:
+            context = JobContext(
+                job_id=job_id, experiment_id=experiment_id, kind=kind, attempt=attempt,
+                params=dict(job.params or {}),
+                spec=ExperimentSpec.model_validate(job.experiment.spec), session=session,
+                resources=resources, heartbeat=heartbeat, workdir=Path(workdir))
+            runner_for(kind)(context)
+        outcome = JobStatus.SUCCEEDED
+    except JobLost:
+        outcome = None
+    except JobCancelled:
+        outcome = JobStatus.CANCELLED
+    except Exception as exc:
+        outcome, error = JobStatus.FAILED, exc
+        fields["error"] = one_line_error(exc)
+        log_lines = traceback_tail(exc)
+    heartbeat.stop()   # flush the last progress and log lines before the final status
+    session.rollback()
+
+    finished = None if outcome is None else _finish(session, job_id, attempt, outcome,
+                                                    log_lines, **fields)
+    if finished is None:
+        # (an exception then is a symptom, e.g. a foreign key to a deleted experiment)
+        _forget_lost_job(session, job_id, attempt, experiment_id, resources)
+        return "lost"
+    if error is not None:
+        logger.error("job %s (%s) failed: %s", job_id, kind, fields["error"], exc_info=error)
+    if outcome == JobStatus.SUCCEEDED:
+        released = release_dependents(session, finished, celery_app)
+        logger.info("job %s succeeded; enqueued %s", job_id, released or "nothing")
+    else:
+        settled = settle_downstream(session, finished)
+        session.commit()
+        logger.info("job %s %s; downstream %s settled", job_id, outcome, settled or "none")
+    return outcome.value
+
+
+def _finish(session: Session, job_id: int, attempt: int, outcome: JobStatus,
+            log_lines: list[str], **fields: Any) -> Job | None:
+    """Move the job this worker holds (running or cancelling, at `attempt`) to `outcome`;
+    None if it is no longer ours."""
+    for _ in range(_FINISH_RETRIES):
+        job = session.get(Job, job_id, populate_existing=True)
+        if job is None or job.attempt != attempt or job.status not in HELD_BY_WORKER:
+            return None
+        extra = dict(fields)
+        if log_lines:
+            extra["log_tail"] = job.tail_with(log_lines)
+        try:
+            transition(session, job, outcome, **extra)
+            session.commit()
+            return job
+        except StaleTransition:
+            session.rollback()   # a heartbeat-free writer (a cancel) moved it: look again
+    return None
+
+
+def _forget_lost_job(session: Session, job_id: int, attempt: int, experiment_id: int,
+                     resources: WorkerResources) -> None:
+    """The job was taken away. If its whole experiment was deleted meanwhile, remove what
+    this run may have uploaded after the deletion; otherwise another attempt owns the job's
+    artifacts and nothing is touched."""
+    logger.warning("job %s attempt %s is no longer held by this worker; stopped", job_id, attempt)
+    try:
+        if session.get(Experiment, experiment_id, populate_existing=True) is None:
+            resources.store.delete_prefix(experiment_prefix(experiment_id))
+    except Exception:
+        logger.exception("job %s: cleaning up after a deleted experiment failed", job_id)
+
+
+# --- Celery wiring -----------------------------------------------------------------------
+
+
+def register(app: Celery) -> None:
+    """Register `drl.run_job` on `app`."""
+
+    @app.task(name=TASK_RUN_JOB, bind=True, ignore_result=True, acks_late=True,
+              autoretry_for=(OperationalError,), retry_backoff=True, retry_backoff_max=60,
+              max_retries=10)
+    def run_job_task(self, job_id: int) -> str:
+        # The database unreachable before the job started: retry later (a new message).
+        return run_job(job_id, process_resources(), celery_app=self.app)
+
+
+@worker_process_init.connect
+def _on_process_init(**_: Any) -> None:
+    """In each pool process: fresh resources (never the parent's), and a reaper thread.
+    Kept fast (Celery waits only a few seconds for a new process): nothing is imported or
+    contacted here; the engine connects, and the store is built, on first use."""
+    global _resources, _reaper
+    _resources = WorkerResources(get_settings())
+    from worker.celery_app import celery_app
+    _reaper = Reaper(_resources.sessions, _resources.settings.reaper_interval_s,
+                     _resources.settings.heartbeat_timeout_s, celery_app).start()
+
+
+@worker_process_shutdown.connect
+def _on_process_shutdown(**_: Any) -> None:
+    if _reaper is not None:
+        _reaper.stop()
+    if _resources is not None:
+        try:
+            _resources.dispose()
+        except SQLAlchemyError:
+            pass
