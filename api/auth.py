@@ -1,0 +1,97 @@
+"""Bearer tokens for the team.
+
+A token is `drl_` + 43 random URL-safe characters (256 bits), shown once when created;
+the database keeps only its sha256 (hex), so a leaked database does not leak working
+tokens, and a lookup is one indexed equality on the hash. SHA-256 rather than a slow
+password hash is enough here because the token is random, not a guessable password.
+
+With `settings.auth_enabled` every endpoint but /healthz and /readyz needs
+`Authorization: Bearer <token>`; otherwise requests run as nobody (owner None).
+Only an experiment's owner may cancel or delete it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from api.problems import FORBIDDEN, UNAUTHORIZED, Problem
+from drl_core.job_states import utc_now
+from drl_core.models import ApiToken, Experiment, User
+
+TOKEN_PREFIX = "drl_"
+SHOWN_PREFIX_CHARS = 12  # stored in clear so a user can tell their tokens apart
+# last_used_at is refreshed at most this often: not a database write on every request.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def create_token(session: Session, user_name: str, token_name: str) -> str:
+    """A new token for `user_name` (the user is created if needed); returns the plaintext,
+    which is not stored anywhere. Flushes but does not commit: the caller's transaction."""
+    user_name = user_name.strip()
+    if not user_name or len(user_name) > 100:
+        raise ValueError(f"user name {user_name!r}: expected 1 to 100 characters")
+    if not token_name or len(token_name) > 100:
+        raise ValueError(f"token name {token_name!r}: expected 1 to 100 characters")
+    user = session.scalar(sa.select(User).where(User.name == user_name))
+    if user is None:
+        user = User(name=user_name)
+        session.add(user)
+        session.flush()
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    session.add(ApiToken(user_id=user.id, name=token_name, token_hash=hash_token(token),
+                         prefix=token[:SHOWN_PREFIX_CHARS]))
+    session.flush()
+    return token
+
+
+def user_for_token(session: Session, token: str) -> User | None:
+    """The owner of a valid (known, not revoked) token, else None. Commits a refreshed
+    `last_used_at` when the stored one is older than LAST_USED_RESOLUTION."""
+    row = session.scalar(
+        sa.select(ApiToken).where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
+    )
+    if row is None:
+        return None
+    now = utc_now()
+    if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
+        row.last_used_at = now
+        session.commit()
+    return row.user
+
+
+def unauthorized(detail: str, error: str | None = None) -> Problem:
+    """401 with the challenge RFC 6750 asks for (`error="invalid_token"` for a bad token)."""
+    challenge = 'Bearer realm="drl"' + (f', error="{error}"' if error else "")
+    return Problem(401, detail, type=UNAUTHORIZED, title="Unauthorized",
+                   headers={"WWW-Authenticate": challenge})
+
+
+def authenticate(session: Session, scheme: str | None, token: str | None) -> User:
+    """The user behind an `Authorization` header's scheme and credentials, or a 401."""
+    if not token:
+        raise unauthorized("this endpoint needs a bearer token: send 'Authorization: Bearer <token>' "
+                           "(create one with `drl token create NAME`)")
+    if (scheme or "").lower() != "bearer":
+        raise unauthorized(f"authorization scheme {scheme!r}: expected 'Bearer'", "invalid_request")
+    user = user_for_token(session, token)
+    if user is None:
+        raise unauthorized("the bearer token is not valid (unknown or revoked)", "invalid_token")
+    return user
+
+
+def require_owner(user: User | None, experiment: Experiment, action: str) -> None:
+    """403 unless `user` may `action` the experiment: its owner. With auth off (user None)
+    anyone may; an experiment created while auth was off (no owner) any signed-in user may."""
+    if user is None or experiment.owner_id is None or experiment.owner_id == user.id:
+        return
+    raise Problem(403, f"only the owner of experiment {experiment.id} may {action} it",
+                  type=FORBIDDEN, title="Forbidden")

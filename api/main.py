@@ -1,0 +1,57 @@
+"""The ASGI app: `api.main:app`, built by `create_app(settings)`.
+
+The app never creates or migrates the schema (`drl serve` and the deployment run the Alembic
+migrations; /readyz reports a database that is not at the newest one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from api.deps import AppState, get_current_user
+from api.problems import install_problem_handlers
+from api.routers import embeddings, experiments, health, jobs, metrics, probes, samples
+from drl_core.settings import Settings, get_settings
+
+DESCRIPTION = """\
+Train diffusion-based representation learning models and serve what they learn: embeddings
+at any diffusion time t, per-t probe accuracies, and generated samples.
+
+Errors are `application/problem+json` (RFC 9457). With authentication on, every endpoint
+but /healthz and /readyz needs `Authorization: Bearer <token>` (`drl token create NAME`).
+"""
+
+# Routers whose every endpoint needs a signed-in user when auth is on.
+PROTECTED = (experiments.router, jobs.router, embeddings.router, probes.router,
+             metrics.router, samples.router)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    state = AppState(settings or get_settings())
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        state.close()
+
+    app = FastAPI(title="drl", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.drl = state
+    install_problem_handlers(app)
+    app.include_router(health.router)
+    for router in PROTECTED:
+        # On the router, not on each endpoint, so no endpoint can forget it.
+        app.include_router(router, dependencies=[Depends(get_current_user)])
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    """`api.main:app`, built from the environment's settings on first access (so importing
+    this module, e.g. for create_app in tests, does not connect anywhere)."""
+    if name == "app":
+        global app
+        app = create_app()
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,153 @@
+"""Embeddings: pages of the stored codes at one t, as JSON or .npy; requesting more t.
+
+A page is cut from the whole stored array, which is fetched and decoded once and then kept
+in the app's LRU (`AppState.embeddings`, keyed by artifact key + sha256), so paging through a
+split reads the store once.
+
+JSON rendering is the cost (10,000 x 128 floats is 1.3 M numbers): values are first rounded
+to 9 significant digits, which float32 needs to round-trip exactly, so `json.dumps` writes
+e.g. 0.125730217 instead of float64's 0.1257302165031433 (about 40% less text and time);
+`float32(value)` of every number equals the stored value. `format=npy` skips all of that.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import sqlalchemy as sa
+from fastapi import APIRouter, Query, Response, status
+from sqlalchemy.orm import Session
+
+from api.deps import AppState, SessionDep, StateDep, StoreDep
+from api.lookups import MAX_ID, ExperimentId, describe_job, get_experiment, latest_job
+from api.problems import NOT_FOUND, NOT_READY, Problem, field_error, problem_responses, validation_problem
+from api.schemas import EmbeddingPage, EncodeRequest, JobOut, Split
+from drl_core import experiments as service
+from drl_core.artifact_keys import embedding_key, labels_key, t_key
+from drl_core.artifacts import ArtifactNotFound, ArtifactStore
+from drl_core.job_states import JobKind
+from drl_core.models import Artifact
+
+router = APIRouter(tags=["results"])
+
+MAX_JSON_ROWS = 10_000
+MAX_NPY_ROWS = 100_000
+MAX_OFFSET = 10**9
+NPY_MEDIA_TYPE = "application/octet-stream"
+
+
+def round_to_float32_digits(x: np.ndarray) -> np.ndarray:
+    """float64 values whose shortest repr has at most 9 significant digits and which equal
+    `x` (float32) after conversion back: round(x * 10^(8-e)) / 10^(8-e), e = floor(log10|x|).
+    The division of an integer by an exact power of ten is correctly rounded, so the result
+    is the double nearest the 9-digit decimal; zeros, NaN and inf pass through."""
+    x = x.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        exponent = np.floor(np.log10(np.abs(x)))
+        scale = 10.0 ** (8 - np.where(np.isfinite(exponent), exponent, 0))
+        rounded = np.round(x * scale) / scale
+    # Extremes (subnormals, huge values) where the scale itself is inexact: keep as is.
+    exact = np.isfinite(rounded) & (rounded.astype(np.float32) == x.astype(np.float32))
+    return np.where(exact, rounded, x)
+
+
+def render_page_json(header: dict[str, Any], offset: int, vectors: np.ndarray,
+                     labels: np.ndarray | None) -> bytes:
+    rows = round_to_float32_digits(vectors).tolist()
+    if not np.isfinite(vectors).all():  # JSON has no NaN/inf: a diverged model's codes
+        rows = [[v if math.isfinite(v) else None for v in row] for row in rows]
+    label_list = labels.tolist() if labels is not None else [None] * len(rows)
+    items = [{"index": offset + i, "label": label, "vector": row}
+             for i, (label, row) in enumerate(zip(label_list, rows))]
+    return json.dumps({**header, "items": items}, separators=(",", ":")).encode()
+
+
+def _row(session: Session, key: str) -> Artifact | None:
+    return session.scalar(sa.select(Artifact).where(Artifact.key == key))
+
+
+def _load(state: AppState, store: ArtifactStore, row: Artifact) -> np.ndarray:
+    try:
+        return state.embeddings.get(row.key, row.sha256, lambda: store.get_bytes(row.key))
+    except ArtifactNotFound:
+        raise Problem(404, f"artifact {row.key} is recorded but missing from the artifact store",
+                      type=NOT_FOUND, title="Not found") from None
+
+
+@router.get(
+    "/embeddings", summary="A page of an experiment's embeddings at one t (JSON or .npy)",
+    response_model=EmbeddingPage,
+    responses={200: {"content": {NPY_MEDIA_TYPE: {}}, "description": "JSON page, or with "
+               "format=npy the page's (rows, dim) float32 array as a .npy file (X-Total-Count, "
+               "X-Offset and X-Limit headers)"}} | problem_responses(401, 404, 422),
+)
+def read_embeddings(
+    session: SessionDep,
+    store: StoreDep,
+    state: StateDep,
+    experiment: Annotated[int, Query(ge=1, le=MAX_ID, description="experiment id")],
+    t: Annotated[float, Query(ge=0.0, le=1.0, description="diffusion time (3 decimals)")],
+    split: Split = "test",
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_NPY_ROWS,
+                                description=f"rows; at most {MAX_JSON_ROWS} as JSON, "
+                                            f"{MAX_NPY_ROWS} as npy")] = 1000,
+    format: Literal["json", "npy"] = "json",
+) -> Response:
+    if format == "json" and limit > MAX_JSON_ROWS:
+        raise validation_problem([field_error(
+            "limit", f"at most {MAX_JSON_ROWS} rows per JSON page (format=npy allows {MAX_NPY_ROWS})")])
+    t = t_key(t)
+    exp = get_experiment(session, experiment)
+    row = _row(session, embedding_key(experiment, split, t))
+    if row is None:
+        computed = service.computed_embeddings(session, experiment).get(split, [])
+        if computed:
+            detail = (f"experiment {experiment} has no {split} embeddings at t={t:.3f}; computed t: "
+                      f"{', '.join(f'{c:g}' for c in computed)} (POST /experiments/{experiment}/"
+                      "encodings to compute more)")
+            problem_type = NOT_FOUND
+        else:
+            detail = (f"experiment {experiment} has no {split} embeddings yet: "
+                      f"{describe_job(latest_job(exp, JobKind.ENCODE), 'encode')}")
+            problem_type = NOT_READY
+        raise Problem(404, detail, type=problem_type, title="Not found",
+                      experiment=experiment, t=t, split=split, computed_t=computed)
+
+    vectors = _load(state, store, row)
+    labels_row = _row(session, labels_key(experiment, split))
+    labels = _load(state, store, labels_row) if labels_row is not None else None
+    total = len(vectors)
+    page = vectors[offset:offset + limit]
+    counts = {"X-Total-Count": str(total), "X-Offset": str(offset), "X-Limit": str(limit)}
+    if format == "npy":
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(page), allow_pickle=False)
+        return Response(buffer.getvalue(), media_type=NPY_MEDIA_TYPE, headers=counts | {
+            "Content-Disposition": f'attachment; filename="experiment{experiment}_{split}_t={t:.3f}'
+                                   f'_{offset}.npy"'})
+    header = {"experiment": experiment, "t": t, "split": split, "total": total, "offset": offset,
+              "limit": limit, "dim": int(vectors.shape[1]) if vectors.ndim == 2 else 0}
+    body = render_page_json(header, offset, page, None if labels is None else labels[offset:offset + limit])
+    return Response(body, media_type="application/json", headers=counts)
+
+
+@router.post("/experiments/{experiment_id}/encodings", status_code=status.HTTP_202_ACCEPTED,
+             response_model=JobOut, summary="Encode both splits at more t values (a job)",
+             responses=problem_responses(401, 404, 409, 422, 503))
+def request_encodings(experiment_id: ExperimentId, request: EncodeRequest, session: SessionDep,
+                      state: StateDep) -> JobOut:
+    """Needs a finished training (409 before). The job's id is in the answer: follow it at
+    /jobs/{id}; the embeddings appear under GET /embeddings when it succeeds."""
+    experiment = get_experiment(session, experiment_id)
+    try:
+        job = service.request_encodings(session, experiment, request.t, celery_app=state.celery)
+    except service.NotReady as err:
+        raise Problem(409, str(err), type=NOT_READY, title="Not ready") from None
+    except ValueError as err:
+        raise validation_problem([field_error("t", str(err).removeprefix("t: "))]) from None
+    return JobOut.from_job(job)

@@ -1,0 +1,145 @@
+"""Experiments: create (idempotent), list, read, cancel, delete.
+
+Every write goes through the service functions of `drl_core.experiments`; this module only
+translates HTTP to those calls and their results and errors back to HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Header, Query, Response, status
+from sqlalchemy.orm import Session, selectinload
+
+from api.auth import require_owner
+from api.deps import CurrentUser, SessionDep, StateDep, StoreDep
+from api.lookups import ExperimentId, get_experiment
+from api.problems import field_error, problem_responses, validation_problem
+from api.schemas import ExperimentBrief, ExperimentOut, ExperimentPage, ExperimentSummary, experiment_fields
+from drl_core import experiments as service
+from drl_core.job_states import ExperimentStatus, derive_experiment_status
+from drl_core.models import Experiment, Job
+from drl_engine.spec import ExperimentSpec
+
+router = APIRouter(tags=["experiments"])
+
+MAX_PAGE = 500
+MAX_OFFSET = 10**9
+IDEMPOTENCY_KEY_MAX = 200  # the column's length
+
+
+def experiment_out(session: Session, experiment: Experiment) -> ExperimentOut:
+    summary = ExperimentSummary.from_service(service.experiment_summary(session, experiment))
+    return ExperimentOut(**experiment_fields(experiment), spec=experiment.spec, summary=summary)
+
+
+@router.post(
+    "/experiments", status_code=status.HTTP_201_CREATED, response_model=ExperimentOut,
+    summary="Submit an experiment",
+    responses={200: {"model": ExperimentOut, "description": "an earlier request with the same "
+                     "Idempotency-Key already created it"}} | problem_responses(401, 422, 503),
+)
+def create_experiment(
+    spec: ExperimentSpec,
+    session: SessionDep,
+    state: StateDep,
+    user: CurrentUser,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(
+        min_length=1, max_length=IDEMPOTENCY_KEY_MAX,
+        description="retrying with the same key returns the experiment the first request "
+                    "created (200) instead of creating another",
+    )] = None,
+) -> ExperimentOut:
+    """The body is an ExperimentSpec, validated by that model (the one parse_spec validates);
+    invalid fields are a 422 naming them (e.g. `model.kind`).
+
+    Reusing an Idempotency-Key with a different spec is a 422 (as the IETF
+    Idempotency-Key draft prescribes): the key names a different request.
+    """
+    try:
+        experiment, created = service.create_experiment(
+            session, spec, owner_id=user.id if user else None, idempotency_key=idempotency_key,
+            celery_app=state.celery)
+    except service.IdempotencyConflict as err:
+        raise validation_problem([field_error("Idempotency-Key", str(err))]) from None
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    response.headers["Location"] = f"/experiments/{experiment.id}"
+    return experiment_out(session, get_experiment(session, experiment.id))
+
+
+@router.get("/experiments", response_model=ExperimentPage, summary="List experiments, newest first",
+            responses=problem_responses(401, 422))
+def list_experiments(
+    session: SessionDep,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    status: Annotated[ExperimentStatus | None, Query(description="only experiments in this status")] = None,
+) -> ExperimentPage:
+    if status is None:
+        total = session.scalar(sa.select(sa.func.count()).select_from(Experiment)) or 0
+        ids = list(session.scalars(
+            sa.select(Experiment.id).order_by(Experiment.id.desc()).offset(offset).limit(limit)))
+    else:
+        matching = ids_with_status(session, status)
+        total, ids = len(matching), matching[offset:offset + limit]
+    rows = session.scalars(
+        sa.select(Experiment).where(Experiment.id.in_(ids))
+        .options(selectinload(Experiment.jobs), selectinload(Experiment.owner))
+    ).all()
+    by_id = {e.id: e for e in rows}
+    items = [ExperimentBrief(**experiment_fields(by_id[i])) for i in ids if i in by_id]
+    return ExperimentPage(items=items, total=total, offset=offset, limit=limit)
+
+
+def ids_with_status(session: Session, wanted: ExperimentStatus) -> list[int]:
+    """Ids (newest first) of the experiments whose derived status is `wanted`.
+
+    The status is not stored (it is derived from the jobs), so the filter reads every
+    (experiment, job status) pair, two small columns, and derives it with the one
+    authority, `derive_experiment_status`, rather than a second copy of the rule in SQL.
+    """
+    rows = session.execute(
+        sa.select(Experiment.id, Job.status).outerjoin(Job, Job.experiment_id == Experiment.id)
+        .order_by(Experiment.id.desc())
+    )
+    statuses: dict[int, list[str]] = {}
+    for experiment_id, job_status in rows:
+        statuses.setdefault(experiment_id, [])
+        if job_status is not None:
+            statuses[experiment_id].append(job_status)
+    return [i for i, s in statuses.items() if derive_experiment_status(s) is wanted]
+
+
+@router.get("/experiments/{experiment_id}", response_model=ExperimentOut, summary="One experiment",
+            responses=problem_responses(401, 404, 422))
+def read_experiment(experiment_id: ExperimentId, session: SessionDep) -> ExperimentOut:
+    """Status (derived from the jobs), each job's progress, the failed step and its error,
+    and a summary: the last training loss and the best t per probe."""
+    return experiment_out(session, get_experiment(session, experiment_id))
+
+
+@router.post("/experiments/{experiment_id}/cancel", response_model=ExperimentOut,
+             summary="Cancel an experiment's queued and running jobs",
+             responses=problem_responses(401, 403, 404, 422))
+def cancel_experiment(experiment_id: ExperimentId, session: SessionDep, user: CurrentUser) -> ExperimentOut:
+    """Queued jobs are cancelled at once; running ones become `cancelling` until their worker
+    stops. Cancelling again, or a finished experiment, changes nothing."""
+    experiment = get_experiment(session, experiment_id)
+    require_owner(user, experiment, "cancel")
+    service.cancel_experiment(session, experiment)
+    session.expire_all()
+    return experiment_out(session, get_experiment(session, experiment_id))
+
+
+@router.delete("/experiments/{experiment_id}", status_code=status.HTTP_204_NO_CONTENT,
+               summary="Delete an experiment, its jobs and its artifacts",
+               responses=problem_responses(401, 403, 404, 422))
+def delete_experiment(experiment_id: ExperimentId, session: SessionDep, store: StoreDep,
+                      user: CurrentUser) -> Response:
+    experiment = get_experiment(session, experiment_id)
+    require_owner(user, experiment, "delete")
+    service.delete_experiment(session, store, experiment)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,225 @@
+"""Request and response models (what /docs shows). Built from the ORM rows by the `from_*`
+constructors, so the routers never assemble dicts by hand."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from drl_core.job_states import derive_experiment_status, failed_job
+from drl_core.models import Experiment, Job
+from drl_engine.spec import SampleSpec
+
+Split = Literal["train", "test"]
+
+# Most t values one encode request may ask for (the default grid has 11).
+MAX_T_PER_REQUEST = 101
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """JSON has no NaN or infinity: a diverged loss is reported as null."""
+    return value if value is None or math.isfinite(value) else None
+
+
+# --- jobs --------------------------------------------------------------------------------
+
+
+class JobProgress(BaseModel):
+    step: int | None = Field(description="steps done (training iterations, t values encoded, ...)")
+    total: int | None
+    fraction: float | None = Field(description="step / total in [0, 1], when both are known")
+    loss: float | None
+    images_per_s: float | None
+    heartbeat_at: datetime | None
+
+
+class JobOut(BaseModel):
+    id: int
+    experiment_id: int
+    kind: str
+    status: str
+    attempt: int = Field(description="1 for the first run; a lost job is retried with attempt + 1")
+    max_attempts: int
+    queue: str
+    params: dict[str, Any]
+    depends_on_id: int | None
+    progress: JobProgress
+    error: str | None
+    worker: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_job(cls, job: Job) -> JobOut:
+        return cls(**_job_fields(job))
+
+
+class JobDetail(JobOut):
+    log_tail: list[str] = Field(description="the last lines of the job's log")
+
+    @classmethod
+    def from_job(cls, job: Job) -> JobDetail:
+        return cls(**_job_fields(job), log_tail=list(job.log_tail or []))
+
+
+def _job_fields(job: Job) -> dict[str, Any]:
+    fraction = None
+    if job.step is not None and job.total:
+        fraction = min(1.0, max(0.0, job.step / job.total))
+    return {
+        "id": job.id, "experiment_id": job.experiment_id, "kind": job.kind, "status": job.status,
+        "attempt": job.attempt, "max_attempts": job.max_attempts, "queue": job.queue,
+        "params": job.params or {}, "depends_on_id": job.depends_on_id,
+        "progress": JobProgress(
+            step=job.step, total=job.total, fraction=fraction, loss=finite_or_none(job.loss),
+            images_per_s=finite_or_none(job.images_per_s), heartbeat_at=job.heartbeat_at,
+        ),
+        "error": job.error, "worker": job.worker, "created_at": job.created_at,
+        "started_at": job.started_at, "finished_at": job.finished_at,
+    }
+
+
+# --- experiments -------------------------------------------------------------------------
+
+
+class BestT(BaseModel):
+    t: float
+    value: float
+
+
+class ExperimentSummary(BaseModel):
+    last_loss: float | None = Field(description="the training job's latest reported loss")
+    train_step: int | None
+    train_total: int | None
+    images_per_s: float | None
+    best_t: dict[str, BestT] | None = Field(
+        description="per probe column, the t with the best value; null until the probes ran")
+    embeddings: dict[str, list[float]] = Field(description="computed t values per split")
+
+    @classmethod
+    def from_service(cls, summary: dict[str, Any]) -> ExperimentSummary:
+        """From `drl_core.experiments.experiment_summary`'s dict."""
+        progress = summary.get("progress") or {}
+        probes = summary.get("probes")
+        return cls(
+            last_loss=finite_or_none(progress.get("loss")), train_step=progress.get("step"),
+            train_total=progress.get("total"), images_per_s=finite_or_none(progress.get("images_per_s")),
+            best_t=probes["best"] if probes else None, embeddings=summary.get("embeddings") or {},
+        )
+
+
+class ExperimentBrief(BaseModel):
+    id: int
+    name: str
+    status: str = Field(description="derived from the jobs' statuses, never stored")
+    owner: str | None
+    created_at: datetime
+    failed_step: str | None = Field(description="kind of the first failed job, if any")
+    error: str | None
+    jobs: list[JobOut]
+
+
+class ExperimentOut(ExperimentBrief):
+    spec: dict[str, Any]
+    summary: ExperimentSummary
+
+
+def experiment_fields(experiment: Experiment) -> dict[str, Any]:
+    jobs = list(experiment.jobs)
+    failed = failed_job(jobs)
+    return {
+        "id": experiment.id, "name": experiment.name,
+        "status": derive_experiment_status(j.status for j in jobs).value,
+        "owner": experiment.owner.name if experiment.owner else None,
+        "created_at": experiment.created_at,
+        "failed_step": failed.kind if failed else None,
+        "error": getattr(failed, "error", None),
+        "jobs": [JobOut.from_job(j) for j in jobs],
+    }
+
+
+class ExperimentPage(BaseModel):
+    items: list[ExperimentBrief]
+    total: int = Field(description="experiments matching the filter, over all pages")
+    offset: int
+    limit: int
+
+
+# --- results -----------------------------------------------------------------------------
+
+
+class MetricPointOut(BaseModel):
+    step: int
+    value: float
+
+
+class MetricSeries(BaseModel):
+    experiment: int
+    key: str
+    method: Literal["lttb"] = Field(
+        description="Largest-Triangle-Three-Buckets: real points, first and last kept")
+    max_points: int
+    total_points: int = Field(description="finite points stored for this key")
+    dropped_non_finite: int = Field(description="NaN/inf values left out (JSON cannot carry them)")
+    keys: list[str] = Field(description="every metric key recorded for this experiment")
+    points: list[MetricPointOut]
+
+
+class ProbesOut(BaseModel):
+    experiment: int
+    columns: list[str]
+    rows: list[dict[str, float | None]] = Field(description="one row per t: {t, column: value}")
+    best: dict[str, BestT]
+    t_values: list[float]
+
+
+class EmbeddingItem(BaseModel):
+    index: int = Field(description="row in the split (0-based)")
+    label: int | None
+    vector: list[float]
+
+
+class EmbeddingPage(BaseModel):
+    experiment: int
+    t: float
+    split: Split
+    total: int
+    offset: int
+    limit: int
+    dim: int
+    items: list[EmbeddingItem]
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+    checks: dict[str, str] = Field(default_factory=dict)
+
+
+# --- requests ----------------------------------------------------------------------------
+
+
+class EncodeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    t: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        min_length=1, max_length=MAX_T_PER_REQUEST,
+                           description="diffusion times in [0, 1] to encode both splits at")
+
+
+def _optional_fields_of(model: type[BaseModel]) -> dict[str, Any]:
+    return {name: (field.annotation | None, Field(default=None, description=field.description))
+            for name, field in model.model_fields.items()}
+
+
+# Every SampleSpec field, optional: what is given overrides the experiment's spec.sample.
+# Bounds are SampleSpec's own, checked by the service when it merges (one source of truth).
+SampleRequest = create_model(
+    "SampleRequest",
+    __config__=ConfigDict(extra="forbid"),
+    __doc__="Overrides of the experiment's `sample` section for one sampling job.",
+    **_optional_fields_of(SampleSpec),
+)

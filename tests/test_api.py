@@ -1,0 +1,571 @@
+"""The HTTP API against a real PostgreSQL database, a real Redis broker (a key prefix of this
+module's own) and a local artifact directory, through FastAPI's TestClient.
+
+No worker runs here: where a test needs a job to have progressed, it moves the job through
+the state machine (`job_states.transition` / `heartbeat`, what a worker calls) and stores the
+artifacts a worker would (store + Artifact rows at the keys of `drl_core.artifact_keys`).
+The end-to-end path with a real worker process is tests/test_api_e2e.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from api.auth import create_token
+from api.main import create_app
+from drl_core.artifact_keys import embedding_key, experiment_prefix, labels_key, probes_key, sample_key
+from drl_core.artifacts import LocalArtifactStore
+from drl_core.db import session_factory
+from drl_core.job_states import heartbeat, transition
+from drl_core.models import ApiToken, Artifact, Experiment, Job, MetricPoint
+from drl_core.settings import Settings
+
+pytest.register_assert_rewrite("worker_fixtures")
+from worker_fixtures import service_settings_for  # noqa: E402
+
+# broker_prefix (a Redis key prefix of this module's own, deleted at the end) and redis_url
+pytest_plugins = ["worker_fixtures"]
+
+PROBLEM = "application/problem+json"
+
+TINY_SPEC = {
+    "name": "tiny",
+    "dataset": {"name": "digits", "train_limit": 300},
+    "model": {"base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": []},
+    "train": {"iterations": 30, "batch_size": 16},
+    "evaluate": {"t_grid": [0.0, 0.5, 1.0], "label_budgets": [20, 50], "probe_train_limit": 200},
+    "sample": {"steps": 10, "count": 4},
+}
+
+
+# --- fixtures ----------------------------------------------------------------------------
+
+
+def make_settings(tmp_path: Path, pg_url: str, prefix: str, **overrides) -> Settings:
+    return service_settings_for(pg_url, tmp_path / "home", prefix, **overrides)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, pg_url: str, broker_prefix: str, pg_engine: sa.Engine) -> Settings:
+    # pg_engine: the tables are emptied after each test
+    return make_settings(tmp_path, pg_url, broker_prefix)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def session(pg_engine: sa.Engine) -> Iterator[Session]:
+    with session_factory(pg_engine)() as s:
+        yield s
+
+
+@pytest.fixture
+def store(settings: Settings) -> LocalArtifactStore:
+    return LocalArtifactStore(settings.resolved_artifact_dir)
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def assert_problem(response, status: int, *fields: str) -> dict:
+    """The response is an RFC 9457 problem with `status`, naming each of `fields`."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body = response.json()
+    assert body["status"] == status
+    assert body["type"] and body["title"] and body["detail"]
+    assert "Traceback" not in response.text
+    named = {e["field"] for e in body.get("errors", [])}
+    for field in fields:
+        assert field in named, f"{field!r} not among the fields named: {body}"
+    return body
+
+
+def submit(client: TestClient, spec: dict | None = None, **headers) -> dict:
+    response = client.post("/experiments", json=spec or TINY_SPEC, headers=headers)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def job_of(session: Session, experiment_id: int, kind: str) -> Job:
+    session.expire_all()
+    return session.scalars(sa.select(Job).where(Job.experiment_id == experiment_id, Job.kind == kind)
+                           .order_by(Job.id)).first()
+
+
+def run_job(session: Session, job: Job, status: str = "succeeded", **progress) -> None:
+    """What a worker does to a job: running, a heartbeat with progress, then `status`."""
+    transition(session, job, "running", worker="test")
+    if progress:
+        heartbeat(session, job, **progress)
+    if status != "running":
+        transition(session, job, status, **({"error": "it broke"} if status == "failed" else {}))
+    session.commit()
+
+
+def put_artifact(session: Session, store: LocalArtifactStore, experiment_id: int, kind: str,
+                 key: str, data: bytes, **meta) -> None:
+    stored = store.put_bytes(key, data)
+    session.add(Artifact(experiment_id=experiment_id, kind=kind, key=key, size=stored.size,
+                         sha256=stored.sha256, meta=meta))
+    session.commit()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- validation and problem responses ----------------------------------------------------
+
+
+def test_invalid_spec_is_a_422_problem_naming_the_field(client: TestClient, session: Session) -> None:
+    body = assert_problem(client.post("/experiments", json={"model": {"kind": "gan"}}), 422, "model.kind")
+    assert "model.kind" in body["detail"]
+    assert body["type"] == "urn:drl:problem:validation-error"
+    assert_problem(client.post("/experiments", json={"modle": {}}), 422, "modle")
+    assert_problem(client.post("/experiments", json={"evaluate": {"t_grid": [0.5, 1.5]}}), 422, "evaluate")
+    assert_problem(client.post("/experiments", json={"train": {"iterations": "many"}}), 422, "train.iterations")
+    # not JSON at all, and JSON that is not an object
+    assert_problem(client.post("/experiments", content=b"{not json", headers={"content-type": "application/json"}),
+                   422, "body")
+    assert_problem(client.post("/experiments", json=[1, 2]), 422, "body")
+    assert_problem(client.post("/experiments", json=TINY_SPEC, headers={"Idempotency-Key": "k" * 201}),
+                   422, "Idempotency-Key")
+    assert session.scalar(sa.select(sa.func.count()).select_from(Experiment)) == 0
+
+
+def test_unknown_and_malformed_ids(client: TestClient) -> None:
+    body = assert_problem(client.get("/experiments/424242"), 404)
+    assert "424242" in body["detail"] and body["type"] == "urn:drl:problem:not-found"
+    assert_problem(client.get("/jobs/424242"), 404)
+    for path in ("/experiments/abc", "/experiments/0", "/experiments/-3", f"/experiments/{10**20}"):
+        assert_problem(client.get(path), 422, "experiment_id")
+    assert_problem(client.get("/jobs/1.5"), 422, "job_id")
+    assert_problem(client.post("/experiments/424242/cancel"), 404)
+    assert_problem(client.delete("/experiments/424242"), 404)
+
+
+def test_unknown_routes_and_methods_are_problems(client: TestClient) -> None:
+    body = assert_problem(client.get("/no/such/route"), 404)
+    assert body["type"] == "about:blank" and body["title"] == "Not Found"
+    response = client.put("/experiments")
+    assert_problem(response, 405)
+    assert "GET" in response.headers["allow"] and "POST" in response.headers["allow"]
+
+
+def test_a_server_fault_is_a_500_problem_without_a_traceback(
+    settings: Settings, session: Session, store: LocalArtifactStore
+) -> None:
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        experiment = submit(client)
+        # a corrupt artifact: the server cannot decode what it stored
+        put_artifact(session, store, experiment["id"], "embedding",
+                     embedding_key(experiment["id"], "test", 0.5), b"not an npy file", split="test", t=0.5)
+        response = client.get("/embeddings", params={"experiment": experiment["id"], "t": 0.5})
+        body = assert_problem(response, 500)
+        assert body["type"] == "urn:drl:problem:internal-error"
+        assert "npy" not in body["detail"] and "File" not in response.text
+
+
+def test_openapi_and_docs(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/experiments", "/embeddings", "/readyz", "/jobs/{job_id}"} <= set(paths)
+    responses = paths["/experiments"]["post"]["responses"]
+    assert PROBLEM in responses["422"]["content"]
+
+
+# --- experiments -------------------------------------------------------------------------
+
+
+def test_create_returns_the_experiment_and_enqueues_training(
+    client: TestClient, settings: Settings, broker_prefix: str
+) -> None:
+    queue = redis.Redis.from_url(settings.broker_url)
+    before = queue.llen(f"{broker_prefix}gpu")
+    response = client.post("/experiments", json=TINY_SPEC)
+    assert response.status_code == 201
+    body = response.json()
+    assert response.headers["location"] == f"/experiments/{body['id']}"
+    assert body["name"] == "tiny" and body["status"] == "queued"
+    assert body["spec"]["model"]["base_channels"] == 8
+    assert [j["kind"] for j in body["jobs"]] == ["train", "encode", "probe", "sample"]
+    assert body["jobs"][0]["progress"]["step"] is None
+    # "run job N" went to this app's broker (this module's Redis prefix), for the train job
+    message = json.loads(queue.lindex(f"{broker_prefix}gpu", 0))
+    assert queue.llen(f"{broker_prefix}gpu") == before + 1
+    assert message["headers"]["argsrepr"] == f"[{body['jobs'][0]['id']}]"
+    queue.close()
+
+
+def test_idempotent_create(client: TestClient, session: Session) -> None:
+    first = client.post("/experiments", json=TINY_SPEC, headers={"Idempotency-Key": "abc-1"})
+    again = client.post("/experiments", json=TINY_SPEC, headers={"Idempotency-Key": "abc-1"})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["id"] == again.json()["id"]
+    assert session.scalar(sa.select(sa.func.count()).select_from(Experiment)) == 1
+    other = dict(TINY_SPEC, name="different")
+    assert_problem(client.post("/experiments", json=other, headers={"Idempotency-Key": "abc-1"}),
+                   422, "Idempotency-Key")
+    assert client.post("/experiments", json=other, headers={"Idempotency-Key": "abc-2"}).status_code == 201
+    assert session.scalar(sa.select(sa.func.count()).select_from(Experiment)) == 2
+
+
+def test_pagination_and_status_filter(client: TestClient) -> None:
+    ids = [submit(client, dict(TINY_SPEC, name=f"e{i}"))["id"] for i in range(5)]
+    for experiment_id in ids[:2]:
+        assert client.post(f"/experiments/{experiment_id}/cancel").json()["status"] == "cancelled"
+
+    page = client.get("/experiments", params={"limit": 2}).json()
+    assert page["total"] == 5 and (page["offset"], page["limit"]) == (0, 2)
+    assert [e["id"] for e in page["items"]] == ids[::-1][:2]  # newest first
+    last = client.get("/experiments", params={"limit": 2, "offset": 4}).json()
+    assert [e["id"] for e in last["items"]] == [ids[0]]
+    assert client.get("/experiments", params={"offset": 99}).json()["items"] == []
+
+    cancelled = client.get("/experiments", params={"status": "cancelled"}).json()
+    assert cancelled["total"] == 2 and {e["id"] for e in cancelled["items"]} == set(ids[:2])
+    queued = client.get("/experiments", params={"status": "queued", "limit": 2, "offset": 1}).json()
+    assert queued["total"] == 3 and [e["id"] for e in queued["items"]] == [ids[3], ids[2]]
+
+    assert_problem(client.get("/experiments", params={"status": "sleeping"}), 422, "status")
+    assert_problem(client.get("/experiments", params={"limit": 0}), 422, "limit")
+    assert_problem(client.get("/experiments", params={"limit": 100_000}), 422, "limit")
+    assert_problem(client.get("/experiments", params={"offset": -1}), 422, "offset")
+    assert_problem(client.get("/experiments", params={"offset": "x"}), 422, "offset")
+
+
+def test_experiment_shows_progress_failed_step_and_summary(
+    client: TestClient, session: Session, store: LocalArtifactStore
+) -> None:
+    experiment_id = submit(client)["id"]
+    train = job_of(session, experiment_id, "train")
+    run_job(session, train, "running", step=12, total=30, loss=0.75, log_tail=["step 12 loss 0.75"])
+    body = client.get(f"/experiments/{experiment_id}").json()
+    assert body["status"] == "running"
+    assert body["jobs"][0]["progress"] == {**body["jobs"][0]["progress"], "step": 12, "total": 30,
+                                           "fraction": pytest.approx(0.4), "loss": 0.75}
+    assert body["summary"]["last_loss"] == 0.75 and body["summary"]["best_t"] is None
+
+    job = client.get(f"/jobs/{train.id}").json()
+    assert job["attempt"] == 1 and job["log_tail"] == ["step 12 loss 0.75"]
+    assert [j["kind"] for j in client.get(f"/experiments/{experiment_id}/jobs").json()] == \
+        ["train", "encode", "probe", "sample"]
+
+    transition(session, train, "failed", error="CUDA out of memory")
+    session.commit()
+    body = client.get(f"/experiments/{experiment_id}").json()
+    assert body["status"] == "running"  # the downstream jobs are still queued: not settled here
+    assert (body["failed_step"], body["error"]) == ("train", "CUDA out of memory")
+
+    best = {"svc_20": {"t": 0.5, "value": 0.8}}
+    put_artifact(session, store, experiment_id, "probes", probes_key(experiment_id), b"{}",
+                 format="json", best=best)
+    assert client.get(f"/experiments/{experiment_id}").json()["summary"]["best_t"] == best
+
+
+def test_cancel_and_delete(client: TestClient, session: Session, store: LocalArtifactStore) -> None:
+    experiment_id = submit(client)["id"]
+    run_job(session, job_of(session, experiment_id, "train"), "running", step=1, total=30)
+    put_artifact(session, store, experiment_id, "embedding", embedding_key(experiment_id, "test", 0.5),
+                 npy_bytes(np.zeros((3, 2), np.float32)), split="test", t=0.5)
+
+    body = client.post(f"/experiments/{experiment_id}/cancel").json()
+    assert body["status"] == "cancelling"
+    assert [j["status"] for j in body["jobs"]] == ["cancelling", "cancelled", "cancelled", "cancelled"]
+    assert client.post(f"/experiments/{experiment_id}/cancel").json()["status"] == "cancelling"
+
+    response = client.delete(f"/experiments/{experiment_id}")
+    assert response.status_code == 204 and response.content == b""
+    assert store.list(experiment_prefix(experiment_id)) == []
+    assert_problem(client.get(f"/experiments/{experiment_id}"), 404)
+    session.expire_all()
+    assert session.scalar(sa.select(sa.func.count()).select_from(Job)) == 0
+
+
+# --- results -----------------------------------------------------------------------------
+
+
+def test_metrics_are_downsampled_with_lttb(client: TestClient, session: Session) -> None:
+    experiment_id = submit(client)["id"]
+    train = job_of(session, experiment_id, "train")
+    steps = np.arange(1000) * 10
+    values = 1.0 / (1.0 + steps / 1000.0)
+    values[537] = 50.0  # a loss spike: LTTB keeps extremes
+    values[900] = float("nan")
+    session.add_all(MetricPoint(experiment_id=experiment_id, job_id=train.id, key="loss",
+                                step=int(s), value=float(v)) for s, v in zip(steps, values))
+    session.add(MetricPoint(experiment_id=experiment_id, job_id=train.id, key="lr", step=0, value=1e-4))
+    session.commit()
+
+    body = client.get(f"/experiments/{experiment_id}/metrics", params={"max_points": 50}).json()
+    points = body["points"]
+    assert body["method"] == "lttb" and body["key"] == "loss"
+    assert len(points) == 50 and body["total_points"] == 999 and body["dropped_non_finite"] == 1
+    got_steps = [p["step"] for p in points]
+    assert got_steps[0] == 0 and got_steps[-1] == 9990 and got_steps == sorted(got_steps)
+    assert {"step": 5370, "value": 50.0} in points
+    for p in points:  # real points, not averages
+        assert p["value"] == pytest.approx(1.0 / (1.0 + p["step"] / 1000.0)) or p["step"] == 5370
+    assert body["keys"] == ["loss", "lr"]
+
+    everything = client.get(f"/experiments/{experiment_id}/metrics", params={"max_points": 5000}).json()
+    assert len(everything["points"]) == 999
+    empty = client.get(f"/experiments/{experiment_id}/metrics", params={"key": "fid"}).json()
+    assert empty["points"] == [] and empty["keys"] == ["loss", "lr"]
+    for bad in (1, 10**6, "x"):
+        assert_problem(client.get(f"/experiments/{experiment_id}/metrics", params={"max_points": bad}),
+                       422, "max_points")
+    assert_problem(client.get(f"/experiments/{experiment_id}/metrics", params={"key": "a b"}), 422, "key")
+    assert_problem(client.get("/experiments/424242/metrics"), 404)
+
+
+def test_embeddings_pages_equal_the_stored_array(
+    client: TestClient, session: Session, store: LocalArtifactStore
+) -> None:
+    experiment_id = submit(client)["id"]
+    rng = np.random.default_rng(0)
+    codes = (rng.standard_normal((300, 16)) * 10.0 ** rng.integers(-6, 4, (300, 16))).astype(np.float32)
+    labels = rng.integers(0, 10, 300)
+    for t in (0.5, 1.0):
+        put_artifact(session, store, experiment_id, "embedding", embedding_key(experiment_id, "test", t),
+                     npy_bytes(codes * t), split="test", t=t)
+    put_artifact(session, store, experiment_id, "labels", labels_key(experiment_id, "test"),
+                 npy_bytes(labels), split="test")
+
+    params = {"experiment": experiment_id, "t": 0.5, "offset": 100, "limit": 50}
+    response = client.get("/embeddings", params=params)
+    assert response.status_code == 200
+    page = response.json()
+    assert {k: page[k] for k in ("experiment", "t", "split", "total", "offset", "limit", "dim")} == \
+        {"experiment": experiment_id, "t": 0.5, "split": "test", "total": 300, "offset": 100,
+         "limit": 50, "dim": 16}
+    assert [item["index"] for item in page["items"]] == list(range(100, 150))
+    assert [item["label"] for item in page["items"]] == labels[100:150].tolist()
+    vectors = np.array([item["vector"] for item in page["items"]], dtype=np.float32)
+    np.testing.assert_array_equal(vectors, codes[100:150] * np.float32(0.5))
+
+    response = client.get("/embeddings", params=params | {"format": "npy"})
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert (response.headers["x-total-count"], response.headers["x-offset"]) == ("300", "100")
+    np.testing.assert_array_equal(np.load(io.BytesIO(response.content)), codes[100:150] * np.float32(0.5))
+
+    tail = client.get("/embeddings", params=params | {"offset": 290}).json()
+    assert len(tail["items"]) == 10
+    assert client.get("/embeddings", params=params | {"offset": 5000}).json()["items"] == []
+    # a t rounded to 3 decimals names the same embedding
+    assert client.get("/embeddings", params=params | {"t": 0.5000001}).json()["t"] == 0.5
+
+
+def test_embeddings_errors(client: TestClient, session: Session, store: LocalArtifactStore) -> None:
+    experiment_id = submit(client)["id"]
+    params = {"experiment": experiment_id, "t": 0.5}
+    body = assert_problem(client.get("/embeddings", params=params), 404)
+    assert "encode job" in body["detail"] and "queued" in body["detail"]
+    for t in (0.0, 1.0):
+        put_artifact(session, store, experiment_id, "embedding", embedding_key(experiment_id, "test", t),
+                     npy_bytes(np.zeros((4, 2), np.float32)), split="test", t=t)
+    body = assert_problem(client.get("/embeddings", params=params | {"t": 0.25}), 404)
+    assert body["computed_t"] == [0.0, 1.0] and "0, 1" in body["detail"]
+    assert_problem(client.get("/embeddings", params=params | {"split": "val"}), 422, "split")
+    assert_problem(client.get("/embeddings", params=params | {"split": "train", "t": 0.0}), 404)
+    for t in (1.5, -0.1, "half", "nan"):
+        assert_problem(client.get("/embeddings", params=params | {"t": t}), 422, "t")
+    assert_problem(client.get("/embeddings", params={"t": 0.5}), 422, "experiment")
+    assert_problem(client.get("/embeddings", params=params | {"experiment": 424242}), 404)
+    assert_problem(client.get("/embeddings", params=params | {"limit": 20_000}), 422, "limit")
+    assert_problem(client.get("/embeddings", params=params | {"limit": 10**6, "format": "npy"}), 422, "limit")
+    assert_problem(client.get("/embeddings", params=params | {"format": "csv"}), 422, "format")
+    assert_problem(client.get("/embeddings", params=params | {"offset": -1}), 422, "offset")
+
+
+def test_probes(client: TestClient, session: Session, store: LocalArtifactStore) -> None:
+    experiment_id = submit(client)["id"]
+    body = assert_problem(client.get(f"/experiments/{experiment_id}/probes"), 404)
+    assert "probe job" in body["detail"] and "queued" in body["detail"]
+    table = {
+        "columns": ["svc_20", "linear"],
+        "rows": [{"t": 0.0, "svc_20": 0.5, "linear": 0.6}, {"t": 0.5, "svc_20": 0.9, "linear": None},
+                 {"t": 1.0, "svc_20": 0.7, "linear": 0.65}],
+        "best": {"svc_20": {"t": 0.5, "value": 0.9}, "linear": {"t": 1.0, "value": 0.65}},
+    }
+    put_artifact(session, store, experiment_id, "probes", probes_key(experiment_id),
+                 json.dumps(table).encode(), format="json", best=table["best"])
+    body = client.get(f"/experiments/{experiment_id}/probes").json()
+    assert body["t_values"] == [0.0, 0.5, 1.0]
+    assert body["rows"] == table["rows"] and body["best"] == table["best"]
+
+
+def test_encodings_request(client: TestClient, session: Session) -> None:
+    experiment_id = submit(client)["id"]
+    body = assert_problem(client.post(f"/experiments/{experiment_id}/encodings", json={"t": [0.3]}), 409)
+    assert "training is queued" in body["detail"]
+    run_job(session, job_of(session, experiment_id, "train"))
+    for bad in ({"t": [1.5]}, {"t": []}, {"t": "0.3"}, {"t": [0.3], "split": "x"}):
+        assert_problem(client.post(f"/experiments/{experiment_id}/encodings", json=bad), 422)
+    assert_problem(client.post(f"/experiments/{experiment_id}/encodings", json={"t": [0.2, 2]}), 422, "t.1")
+    response = client.post(f"/experiments/{experiment_id}/encodings", json={"t": [0.3, 0.25, 0.3]})
+    assert response.status_code == 202
+    job = response.json()
+    assert job["kind"] == "encode" and job["status"] == "queued" and job["params"]["t"] == [0.25, 0.3]
+
+
+def test_samples_request_and_png(client: TestClient, session: Session, store: LocalArtifactStore) -> None:
+    experiment_id = submit(client)["id"]
+    url = f"/experiments/{experiment_id}/samples"
+    assert_problem(client.post(url, json={"steps": 0}), 422, "sample.steps")
+    assert_problem(client.post(url, json={"sampler": "magic"}), 422, "sampler")
+    assert_problem(client.post(url, json={"stepz": 5}), 422, "stepz")
+    assert_problem(client.post(url, json={"code_source": "grid"}), 422)  # needs latent_dim 2
+
+    response = client.post(url, json={"sampler": "ode", "steps": 20, "count": 4, "seed": 3})
+    assert response.status_code == 202
+    job = response.json()
+    assert job["kind"] == "sample" and job["params"]["sample"]["sampler"] == "ode"
+    assert job["params"]["sample"]["steps"] == 20 and job["params"]["sample"]["snr"] == 0.16
+
+    body = assert_problem(client.get(f"{url}/{job['id']}.png"), 409)
+    assert body["job_status"] == "queued"
+    run_job(session, job_of(session, experiment_id, "train"))
+    sample_job = session.get(Job, job["id"])
+    run_job(session, sample_job)
+    png = b"\x89PNG\r\n\x1a\n-pretend"
+    put_artifact(session, store, experiment_id, "sample", sample_key(experiment_id, job["id"]), png,
+                 job_id=job["id"])
+    for path in (f"{url}/{job['id']}.png", f"{url}/{job['id']}"):
+        response = client.get(path)
+        assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+        assert response.content == png
+    train_id = job_of(session, experiment_id, "train").id
+    assert_problem(client.get(f"{url}/{train_id}.png"), 404)  # not a sample job
+    assert_problem(client.get(f"{url}/424242.png"), 404)
+    assert_problem(client.get(f"{url}/abc.png"), 422, "job_id")
+
+
+# --- health ------------------------------------------------------------------------------
+
+
+def test_healthz_and_readyz(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok", "checks": {}}
+    body = client.get("/readyz").json()
+    assert body["checks"] == {"database": "ok", "broker": "ok", "artifact_store": "ok"}
+
+
+def test_readyz_names_a_broker_that_is_down(tmp_path: Path, pg_url: str, broker_prefix: str) -> None:
+    settings = make_settings(tmp_path, pg_url, broker_prefix, broker_url=f"redis://127.0.0.1:{closed_port()}/0")
+    with TestClient(create_app(settings)) as client:
+        body = assert_problem(client.get("/readyz"), 503)
+        assert body["failed"] == ["broker"] and body["checks"]["database"] == "ok"
+        assert "broker" in body["detail"] and "refused" in body["detail"].lower()
+        assert client.get("/healthz").status_code == 200
+
+
+def test_broker_down_on_create_is_a_503_and_a_retry_queues_it(
+    tmp_path: Path, pg_url: str, broker_prefix: str, settings: Settings, session: Session
+) -> None:
+    down = make_settings(tmp_path, pg_url, broker_prefix, broker_url=f"redis://127.0.0.1:{closed_port()}/0")
+    with TestClient(create_app(down)) as client:
+        response = client.post("/experiments", json=TINY_SPEC, headers={"Idempotency-Key": "retry-me"})
+        body = assert_problem(response, 503)
+        assert "broker" in body["detail"] and response.headers["retry-after"]
+    # the experiment was saved; retrying with the same key once the broker is back queues it
+    queue = redis.Redis.from_url(settings.broker_url)
+    before = queue.llen(f"{broker_prefix}gpu")
+    with TestClient(create_app(settings)) as client:
+        retry = client.post("/experiments", json=TINY_SPEC, headers={"Idempotency-Key": "retry-me"})
+    assert retry.status_code == 200 and queue.llen(f"{broker_prefix}gpu") == before + 1
+    assert session.scalar(sa.select(sa.func.count()).select_from(Experiment)) == 1
+    queue.close()
+
+
+def test_readyz_names_a_database_without_migrations(tmp_path: Path, empty_pg_url: str, broker_prefix: str) -> None:
+    with TestClient(create_app(make_settings(tmp_path, empty_pg_url, broker_prefix))) as client:
+        body = assert_problem(client.get("/readyz"), 503)
+        assert body["failed"] == ["database"] and "migration" in body["detail"]
+
+
+# --- authentication ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def auth_client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings.model_copy(update={"auth_enabled": True}))) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def tokens(session: Session) -> dict[str, str]:
+    made = {name: create_token(session, name, "laptop") for name in ("alice", "bob")}
+    session.commit()
+    return made
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_auth_requires_a_valid_token(auth_client: TestClient, tokens: dict[str, str]) -> None:
+    for headers in ({}, bearer("drl_not-a-real-token"), {"Authorization": f"Basic {tokens['alice']}"}):
+        response = auth_client.get("/experiments", headers=headers)
+        assert_problem(response, 401)
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    assert 'error="invalid_token"' in auth_client.get("/experiments", headers=bearer("drl_x")).headers["www-authenticate"]
+    assert_problem(auth_client.post("/experiments", json=TINY_SPEC), 401)
+    assert_problem(auth_client.get("/embeddings", params={"experiment": 1, "t": 0.5}), 401)
+    assert auth_client.get("/healthz").status_code == 200
+    assert auth_client.get("/readyz").status_code == 200
+    assert auth_client.get("/experiments", headers=bearer(tokens["alice"])).status_code == 200
+
+
+def test_only_the_owner_may_cancel_or_delete(auth_client: TestClient, tokens: dict[str, str]) -> None:
+    alice, bob = bearer(tokens["alice"]), bearer(tokens["bob"])
+    created = auth_client.post("/experiments", json=TINY_SPEC, headers=alice | {"Idempotency-Key": "k1"}).json()
+    assert created["owner"] == "alice"
+    experiment_id = created["id"]
+    # idempotency keys are per owner: bob's "k1" is another experiment
+    bobs = auth_client.post("/experiments", json=TINY_SPEC, headers=bob | {"Idempotency-Key": "k1"})
+    assert bobs.status_code == 201 and bobs.json()["id"] != experiment_id
+
+    assert auth_client.get(f"/experiments/{experiment_id}", headers=bob).status_code == 200  # a team reads all
+    assert_problem(auth_client.post(f"/experiments/{experiment_id}/cancel", headers=bob), 403)
+    assert_problem(auth_client.delete(f"/experiments/{experiment_id}", headers=bob), 403)
+    assert auth_client.get(f"/experiments/{experiment_id}", headers=alice).json()["status"] == "queued"
+
+    assert auth_client.post(f"/experiments/{experiment_id}/cancel", headers=alice).status_code == 200
+    assert auth_client.delete(f"/experiments/{experiment_id}", headers=alice).status_code == 204
+
+
+def test_tokens_are_stored_hashed(session: Session, tokens: dict[str, str]) -> None:
+    rows = session.scalars(sa.select(ApiToken)).all()
+    assert len(rows) == 2 and len(set(tokens.values())) == 2
+    for row in rows:
+        token = tokens[row.user.name]
+        assert row.token_hash == hashlib.sha256(token.encode()).hexdigest()
+        assert token.startswith(row.prefix) and len(row.prefix) < len(token) // 3
+    dump = "\n".join(str(v) for row in session.execute(sa.text("SELECT * FROM api_tokens")) for v in row)
+    for token in tokens.values():
+        assert token not in dump

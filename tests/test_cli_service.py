@@ -1,0 +1,181 @@
+"""The embedded service from the command line: `drl serve` in a subprocess (SQLite, local
+artifacts, filesystem broker and a real worker process, all under a temporary --home), driven
+by `drl submit`, `drl status` and `drl embeddings`; then stopped, leaving no process behind.
+And `drl token create` prints a token that the app accepts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from drl_core.settings import Settings
+
+STARTUP_TIMEOUT_S = 60
+FINISH_TIMEOUT_S = 150
+STOP_TIMEOUT_S = 40
+
+TINY_SPEC = {
+    "name": "cli-tiny",
+    "dataset": {"name": "digits", "train_limit": 200, "test_limit": 120},
+    "model": {"base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+              "attn_resolutions": [], "latent_dim": 6},
+    "train": {"iterations": 12, "batch_size": 16, "device": "cpu", "log_every": 4,
+              "checkpoint_every": 6, "warmup": 2},
+    "evaluate": {"t_grid": [0.0, 0.5, 1.0], "label_budgets": [20, 50], "probe_train_limit": 100},
+    "sample": {"steps": 4, "count": 4, "corrector_steps": 0},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def drl_env(home: Path, data_dir: Path) -> dict[str, str]:
+    """This environment without DRL_* settings (the service must run on its defaults under
+    --home), one torch thread per process (the machine is shared)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRL_")}
+    return env | {"DRL_HOME": str(home), "DRL_DATA_DIR": str(data_dir), "DRL_TORCH_THREADS": "1",
+                  "DRL_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def drl(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "drl_cli.main", *args], env=env, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def process_group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is `pgid` (from /proc)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        state, group = fields[0], int(fields[2])
+        if group == pgid and state != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+@pytest.fixture
+def served(tmp_path: Path, data_dir: Path) -> Iterator[tuple[str, subprocess.Popen, dict[str, str]]]:
+    """`drl serve` on a free port; yields (url, process, env). Killed if a test leaves it up."""
+    port = free_port()
+    env = drl_env(tmp_path / "home", data_dir)
+    log = (tmp_path / "serve.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "drl_cli.main", "serve", "--port", str(port), "--home", str(tmp_path / "home"),
+         "--data-dir", str(data_dir)], env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"drl serve did not come up:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
+        time.sleep(0.3)
+    yield url, process, env
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    log.close()
+
+
+def test_serve_submit_status_embeddings_and_clean_stop(served, tmp_path: Path) -> None:
+    url, serve, env = served
+    banner = (tmp_path / "serve.log").read_text()
+    assert f"serving {url}" in banner
+    worker_pid = int(re.search(r"worker pid (\d+)", banner).group(1))
+
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(yaml.safe_dump(TINY_SPEC))
+    submitted = drl("submit", str(spec_file), "--url", url, env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    experiment_id = int(submitted.stdout.strip())
+
+    deadline = time.monotonic() + FINISH_TIMEOUT_S
+    while True:
+        shown = drl("status", str(experiment_id), "--url", url, env=env)
+        assert shown.returncode == 0, shown.stderr
+        first_line = shown.stdout.splitlines()[0]
+        if "succeeded" in first_line or "failed" in first_line or "cancelled" in first_line:
+            break
+        assert time.monotonic() < deadline, f"not finished in {FINISH_TIMEOUT_S}s:\n{shown.stdout}"
+        time.sleep(2)
+    assert first_line == f"experiment {experiment_id} 'cli-tiny': succeeded", shown.stdout
+    for kind in ("train", "encode", "probe", "sample"):
+        assert re.search(rf"\b{kind}\s+succeeded", shown.stdout), shown.stdout
+    assert "12/12" in shown.stdout  # the train job's progress
+
+    listing = drl("status", "--url", url, env=env)
+    assert re.search(rf"^{experiment_id}\s+cli-tiny\s+succeeded", listing.stdout, re.M), listing.stdout
+
+    out = tmp_path / "emb.npy"
+    fetched = drl("embeddings", str(experiment_id), "--t", "0.5", "-o", str(out), "--url", url, env=env)
+    assert fetched.returncode == 0, fetched.stderr
+    codes = np.load(out)
+    assert codes.shape == (120, 6) and codes.dtype == np.float32 and np.isfinite(codes).all()
+
+    # errors: one line, 2 for a 4xx
+    missing = drl("embeddings", str(experiment_id), "--t", "0.3", "-o", str(out), "--url", url, env=env)
+    assert missing.returncode == 2 and "computed t: 0, 0.5, 1" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+
+    serve.send_signal(signal.SIGTERM)
+    serve.wait(STOP_TIMEOUT_S)
+    assert process_group_members(worker_pid) == []  # the worker and its pool processes are gone
+    assert not Path(f"/proc/{worker_pid}").exists() or \
+        Path(f"/proc/{worker_pid}/stat").read_text().split(") ")[1][0] == "Z"
+
+
+def test_client_errors_and_unreachable_server(tmp_path: Path, data_dir: Path) -> None:
+    env = drl_env(tmp_path / "home", data_dir)
+    url = f"http://127.0.0.1:{free_port()}"
+    down = drl("status", "--url", url, env=env)
+    assert down.returncode == 1
+    assert down.stderr.strip() == f"drl: error: cannot reach the drl server at {url} (connection refused)"
+    bad_spec = tmp_path / "bad.yaml"
+    bad_spec.write_text("model: {kind: gan}\n")
+    rejected = drl("submit", str(bad_spec), "--url", url, env=env)
+    assert rejected.returncode == 2 and "model.kind" in rejected.stderr
+
+
+def test_token_create_prints_a_token_that_authenticates(tmp_path: Path, data_dir: Path) -> None:
+    home = tmp_path / "home"
+    created = drl("token", "create", "alice", "--home", str(home), env=drl_env(home, data_dir))
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert token.startswith("drl_") and len(token.splitlines()) == 1
+    assert "will not be shown again" in created.stderr
+
+    settings = Settings(home=home, database_url=None, broker_url=None, artifact_dir=None, auth_enabled=True)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/experiments").status_code == 401
+        assert client.get("/experiments", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        assert client.get("/experiments", headers={"Authorization": f"Bearer {token}x"}).status_code == 401
+    for database_file in home.glob("drl.db*"):  # the database and its WAL
+        assert token.encode() not in database_file.read_bytes()
