@@ -20,3 +20,13 @@ def test_engine_bench_quick_prints_every_figure():
                 figures["probes"]["all_labels"]["seconds_per_t"]]
     assert all(math.isfinite(v) and v > 0 for v in positive)
     assert 0 < figures["train"]["fraction_of_matmul_peak"] < 2
+
+
+def test_api_bench_quick_against_a_real_drl_serve():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "api.py"), "--quick"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    figures = json.loads(proc.stdout)
+    for name in ("healthz", "embeddings_json", "embeddings_npy", "post_experiments"):
+        assert figures[name]["requests_per_s"] > 0 and figures[name]["p99_ms"] >= figures[name]["p50_ms"] > 0
+    assert figures["embeddings_npy"]["bytes"] >= 500 * 16 * 4  # the whole page came back
