@@ -74,6 +74,11 @@ def _in(column: str, values: type[JobKind] | type[JobStatus]) -> str:
     return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
 
 
+# SQLite reuses the largest rowid after a delete unless told otherwise; a late worker of a
+# deleted experiment must never write into a new experiment that got the same id.
+NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
+
+
 class User(Base):
     __tablename__ = "users"
 
@@ -123,6 +128,7 @@ class Experiment(Base):
             postgresql_where=sa.text("owner_id IS NULL"),
             sqlite_where=sa.text("owner_id IS NULL"),
         ),
+        NEVER_REUSE_IDS,
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -159,6 +165,7 @@ class Job(Base):
         sa.CheckConstraint(_in("kind", JobKind), name="kind"),
         sa.CheckConstraint(_in("status", JobStatus), name="status"),
         sa.CheckConstraint("attempt >= 1 AND attempt <= max_attempts", name="attempt"),
+        NEVER_REUSE_IDS,
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

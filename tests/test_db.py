@@ -278,3 +278,17 @@ def test_session_scope_commits_or_rolls_back(db_engine: sa.Engine) -> None:
         raise RuntimeError("boom")
     with session_scope(factory) as session:
         assert session.scalars(sa.select(User.name)).all() == ["kept"]
+
+
+def test_sqlite_never_reuses_a_deleted_experiments_id(sqlite_session):
+    """A late worker of a deleted experiment must not write into a new one with the same id."""
+    first = Experiment(name="a", spec={})
+    sqlite_session.add(first)
+    sqlite_session.commit()
+    old_id = first.id
+    sqlite_session.delete(first)
+    sqlite_session.commit()
+    second = Experiment(name="b", spec={})
+    sqlite_session.add(second)
+    sqlite_session.commit()
+    assert second.id > old_id

@@ -65,6 +65,9 @@ def upgrade() -> None:
         sa.UniqueConstraint(
             "owner_id", "idempotency_key", name=op.f("uq_experiments_owner_id_idempotency_key")
         ),
+        # Ids are never reused on SQLite either: a late worker of a deleted experiment
+        # must not write into a new experiment that got the same id.
+        sqlite_autoincrement=True,
     )
     op.create_index(op.f("ix_experiments_owner_id"), "experiments", ["owner_id"], unique=False)
     # NULLs are distinct in the unique constraint above: without an owner, the key alone is unique.
@@ -114,6 +117,9 @@ def upgrade() -> None:
             name=op.f("fk_jobs_experiment_id_experiments"), ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_jobs")),
+        # Ids are never reused on SQLite either: a late worker of a deleted experiment
+        # must not write into a new experiment that got the same id.
+        sqlite_autoincrement=True,
     )
     op.create_index(op.f("ix_jobs_experiment_id"), "jobs", ["experiment_id"], unique=False)
     op.create_index(op.f("ix_jobs_status"), "jobs", ["status"], unique=False)
