@@ -28,11 +28,12 @@ from typing import Any
 
 import torch
 from pydantic import ValidationError
+from torch import nn
 
 from .device import resolve_device
 from .ema import EMA
 from .fileio import fsync_directory
-from .model import DRLModel
+from .registry import build_model
 from .spec import ExperimentSpec, format_validation_error
 
 FORMAT_VERSION = 1
@@ -40,7 +41,7 @@ KEEP_LAST = 2   # checkpoints kept on disk; older ones are deleted after each wr
 _NAME = re.compile(r"^ckpt_(\d{8,})\.pt$")
 
 # Spec sections whose every field shapes the training trajectory; a resume must match them.
-RESUME_SECTIONS = ("model", "sde", "objective", "train")
+RESUME_SECTIONS = ("model", "sde", "objective", "vdm", "train")
 # ...except these train fields, which only say how long to run, where, and how often to
 # report or save: extending `train.iterations` on resume is the normal way to train longer.
 RESUME_FREE_FIELDS = {"train.iterations", "train.checkpoint_every", "train.log_every", "train.device"}
@@ -135,7 +136,7 @@ class TrainingState:
     """Everything a training run carries from one step to the next."""
 
     spec: ExperimentSpec
-    model: DRLModel
+    model: nn.Module
     ema: EMA
     optimizer: torch.optim.Optimizer
     data_generator: torch.Generator
@@ -196,7 +197,7 @@ class TrainingState:
             self.data_generator.manual_seed(int(torch.randint(2 ** 62, (1,))))
 
 
-def load_model(path: Path, device: torch.device | str | None = None, ema: bool = True) -> DRLModel:
+def load_model(path: Path, device: torch.device | str | None = None, ema: bool = True) -> nn.Module:
     """Rebuild the model from a checkpoint's own spec and image shape, in eval mode.
 
     ema=True loads the EMA weights (what encode and sample jobs should use); ema=False the
@@ -208,7 +209,7 @@ def load_model(path: Path, device: torch.device | str | None = None, ema: bool =
     # Building the model draws its random initialisation (overwritten just below); fork so
     # that loading a model does not move the caller's RNG.
     with torch.random.fork_rng(devices=[]):
-        model = DRLModel(spec, tuple(ckpt["image_shape"]))
+        model = build_model(spec, tuple(ckpt["image_shape"]))
     model.load_state_dict(ckpt["model"])
     if ema:
         averaged = EMA(model, spec.train.ema_decay)

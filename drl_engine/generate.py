@@ -1,9 +1,14 @@
 """Conditional generation: choose the codes, bind them into a score function, run a sampler.
 
 Codes come from encoding real test images (reconstructions), from a grid over a 2-d latent
-space, or from N(0, I) for VDRL. A time-conditioned encoder's code of a real image is the
-curve t -> E(x0, t), so the bound score function re-encodes x0 at each step's t; grid and
-prior codes are fixed vectors.
+space, or from N(0, I) for VDRL and the VDM-VAE. A time-conditioned encoder's code of a real
+image is the curve t -> E(x0, t), so the bound score function re-encodes x0 at each step's t;
+grid and prior codes are fixed vectors.
+
+VDM kinds (`vdm_vae`, `vdm`) sample ancestrally with `sample.steps` steps (vdm/sampling.py);
+the SDE sampler settings (sampler, t_init, prior, snr, corrector_steps, eps) do not apply to
+them, and the unconditional `vdm` ignores `code_source`. `generate_interpolations` decodes
+codes on the segment between two images' codes (VDM-VAE).
 """
 
 from __future__ import annotations
@@ -17,13 +22,16 @@ import torch
 from .datasets import from_model_range, to_model_range
 from .samplers import SampleResult, sample
 from .spec import SampleSpec
+from .vdm.model import VDMModel
+from .vdm.pixels import pixels_to_unit
+from .vdm.sampling import ancestral_sample, interpolate_codes
 
 
 @dataclass
 class Generation:
     images: torch.Tensor            # (B, C, H, W) in [0, 1]
     references: torch.Tensor | None  # the encoded source images in [0, 1], for 'encoded'
-    codes: torch.Tensor | None      # the fixed codes used ('grid', 'prior'); None for 'encoded'
+    codes: torch.Tensor | None      # the fixed codes used; None for drl/vdrl 'encoded' and for vdm
     result: SampleResult
 
 
@@ -49,6 +57,8 @@ def bind_score(model, x0: torch.Tensor | None, codes: torch.Tensor | None
 def generate(model, spec: SampleSpec, x_source_uint8: torch.Tensor | None, device,
              progress: Callable[[int, int], None] | None = None) -> Generation:
     """Draw samples per `spec`; `x_source_uint8` supplies the images for 'encoded' codes."""
+    if isinstance(model, VDMModel):
+        return generate_vdm(model, spec, x_source_uint8, device, progress)
     model.eval()
     gen = torch.Generator(device=device).manual_seed(spec.seed)
     x0 = references = codes = None
@@ -68,3 +78,64 @@ def generate(model, spec: SampleSpec, x_source_uint8: torch.Tensor | None, devic
                     generator=gen, device=device, progress=progress)
     images = from_model_range(result.images, model.sde.data_range).cpu()
     return Generation(images, references, None if codes is None else codes.cpu(), result)
+
+
+def _source_images(x_source_uint8: torch.Tensor | None, count: int, device) -> torch.Tensor:
+    """The first `count` source images (fewer if there are fewer) on `device`; none is an error."""
+    if x_source_uint8 is None or len(x_source_uint8) == 0:
+        raise ValueError("sample.code_source 'encoded' needs images to encode")
+    return x_source_uint8[:count].to(device)
+
+
+def _vdm_generation(model: VDMModel, pixels_out: torch.Tensor, references: torch.Tensor | None,
+                    codes: torch.Tensor | None, steps: int) -> Generation:
+    """Wrap sampled pixel values: images k / 255, the result in VDM's data range, one eval per step."""
+    result = SampleResult(images=model.pixels_to_model_range(pixels_out.to(torch.uint8)),
+                          nfe=steps, steps=steps)
+    return Generation(pixels_to_unit(pixels_out).cpu(), references,
+                      None if codes is None else codes.cpu(), result)
+
+
+@torch.no_grad()
+def generate_vdm(model: VDMModel, spec: SampleSpec, x_source_uint8: torch.Tensor | None, device,
+                 progress: Callable[[int, int], None] | None = None) -> Generation:
+    """Ancestral samples of a VDM: unconditional (vdm), or with codes per `spec.code_source`."""
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(spec.seed)
+    references = codes = None
+    n = spec.count
+    if model.has_encoder:
+        if spec.code_source == "encoded":
+            pixels = _source_images(x_source_uint8, spec.count, device)
+            codes = model.encode(model.pixels_to_model_range(pixels))
+            references = pixels_to_unit(pixels).cpu()
+        elif spec.code_source == "grid":
+            codes = grid_codes(spec.count, spec.grid_range, device)
+        else:   # prior: p(z) = N(0, I)
+            codes = torch.randn(spec.count, model.latent_dim, generator=gen, device=device)
+        n = len(codes)
+    pixels_out = ancestral_sample(model, n, codes, spec.steps, gen, device, progress=progress)
+    return _vdm_generation(model, pixels_out, references, codes, spec.steps)
+
+
+@torch.no_grad()
+def generate_interpolations(model: VDMModel, spec: SampleSpec, x_source_uint8: torch.Tensor,
+                            device, pairs: int = 4, points: int = 8) -> Generation:
+    """Decodes of `points` codes on the segment between the codes of images (0, 1), (2, 3), ...
+
+    images: (pairs * points, C, H, W), pair by pair; references: (2 * pairs, ...), each pair's
+    two source images. Every decode shares one draw of the sampler's noise, so the frames of
+    a row differ only through their codes.
+    """
+    if not model.has_encoder:
+        raise ValueError(f"model.kind {model.kind!r} has no encoder: there are no codes to interpolate")
+    pairs = min(pairs, (0 if x_source_uint8 is None else len(x_source_uint8)) // 2)
+    if pairs < 1:
+        raise ValueError("interpolation: needs at least 2 source images")
+    pixels = _source_images(x_source_uint8, 2 * pairs, device)
+    model.eval()
+    ends = model.encode(model.pixels_to_model_range(pixels))
+    codes = torch.cat([interpolate_codes(ends[2 * i], ends[2 * i + 1], points) for i in range(pairs)])
+    gen = torch.Generator(device=device).manual_seed(spec.seed)
+    pixels_out = ancestral_sample(model, len(codes), codes, spec.steps, gen, device, same_noise=True)
+    return _vdm_generation(model, pixels_out, pixels_to_unit(pixels).cpu(), codes, spec.steps)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .datasets import from_model_range, to_model_range
 from .nets import Encoder, ScoreUNet
 from .sde import build_sde
 from .spec import ExperimentSpec, SpecError
@@ -20,6 +21,8 @@ SUPPORTED_KINDS = ("drl", "vdrl")
 
 
 class DRLModel(nn.Module):
+    has_encoder = True   # every drl/vdrl model encodes (the unconditional `vdm` does not)
+
     def __init__(self, spec: ExperimentSpec, image_shape: tuple[int, int, int]):
         super().__init__()
         model = spec.model
@@ -42,6 +45,14 @@ class DRLModel(nn.Module):
     @property
     def latent_dim(self) -> int:
         return self.spec.model.latent_dim
+
+    def pixels_to_model_range(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels -> the SDE's data range ([0, 1] for VE, [-1, 1] for VP)."""
+        return to_model_range(pixels, self.sde.data_range)
+
+    def model_range_to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """The SDE's data range -> [0, 1], clamped (samples overshoot)."""
+        return from_model_range(x, self.sde.data_range)
 
     def encoder_output(self, x0: torch.Tensor, t: torch.Tensor | None
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:

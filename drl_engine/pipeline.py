@@ -1,4 +1,4 @@
-"""`drl run`: train -> encode on the t grid -> probe -> sample, written to one output folder.
+"""`drl run`: train -> [bits/dim] -> encode on the t grid -> probe -> sample, into one folder.
 
 Output layout (the service stores the same files under its artifact keys):
     DIR/checkpoints/ckpt_XXXXXXXX.pt
@@ -7,6 +7,12 @@ Output layout (the service stores the same files under its artifact keys):
     DIR/probes.png   (accuracy against t)
     DIR/samples.png
     DIR/metrics.json (spec, training summary, probe table with best t, sampling summary)
+
+VDM kinds add the test-set bits/dim and each ELBO term to metrics.json (`bits_per_dim`).
+`vdm_vae`: samples.png from z ~ N(0, I), plus reconstructions.png (test images over their
+reconstructions) and interpolations.png (each row: image a, decodes along the segment between
+the two codes, image b). `vdm` has no encoder: no embeddings or probes; samples.png is
+unconditional.
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ import torch
 from .datasets import ImageDataset, load_dataset
 from .device import resolve_device
 from .encode import Encodings, embedding_filename, encode_at
-from .generate import Generation, generate
+from .generate import Generation, generate, generate_interpolations
 from .plots import plot_probe_curves, save_image_grid
 from .probes import ProbeTable, probe_sweep
+from .registry import kind_entry
 from .spec import ExperimentSpec
 from .trainer import TrainProgress, train
+from .vdm.evaluate import evaluate_bits_per_dim
 
 Log = Callable[[str], None]
 
@@ -71,6 +79,27 @@ def save_generation(gen: Generation, path: Path) -> None:
         save_image_grid(gen.images, path, nrow=grid_width(n, int(np.ceil(np.sqrt(n)))))
 
 
+def save_interpolations(gen: Generation, path: Path) -> None:
+    """One row per pair: source image a, the interpolated decodes, source image b."""
+    pairs = len(gen.references) // 2
+    points = len(gen.images) // pairs
+    rows = []
+    for i in range(pairs):
+        rows += [gen.references[2 * i:2 * i + 1], gen.images[i * points:(i + 1) * points],
+                 gen.references[2 * i + 1:2 * i + 2]]
+    save_image_grid(torch.cat(rows), path, nrow=points + 2)
+
+
+def training_objective(spec: ExperimentSpec) -> str:
+    """What the VDM kinds were trained on: the ELBO, or the ELBO changed by annealing / free bits."""
+    changes = []
+    if spec.model.kind == "vdm_vae" and spec.vdm.kl_anneal_steps > 0:
+        changes.append(f"KL annealed over {spec.vdm.kl_anneal_steps} steps")
+    if spec.model.kind == "vdm_vae" and spec.vdm.free_bits > 0:
+        changes.append(f"free bits {spec.vdm.free_bits} nats per latent dimension")
+    return "elbo" + (f" ({'; '.join(changes)})" if changes else "")
+
+
 def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
                    on_train_progress: Callable[[TrainProgress], None] | None = None,
                    log: Log = print, dataset: ImageDataset | None = None) -> RunSummary:
@@ -90,16 +119,30 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
     result = train(spec, ds, out_dir / "checkpoints", progress=on_train_progress, device=device)
     timings["train_s"] = time.perf_counter() - start
     model = result.model
+    entry = kind_entry(spec.model.kind)
 
-    start = time.perf_counter()
-    encodings = {}
-    for split, x, y in (("train", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):
-        encodings[split] = encode_at(model, x, spec.evaluate.t_grid, spec.evaluate.batch_size, device)
-        write_embeddings(out_dir / "embeddings", split, encodings[split], y)
-    timings["encode_s"] = time.perf_counter() - start
+    bits = None
+    if entry.reports_bits_per_dim:
+        start = time.perf_counter()
+        bits = {**evaluate_bits_per_dim(model, ds.x_test, spec.evaluate.batch_size,
+                                        spec.evaluate.seed, device),
+                "split": "test", "training_objective": training_objective(spec)}
+        timings["bits_per_dim_s"] = time.perf_counter() - start
+        log("test bits/dim {total:.4f} = diffusion {diffusion:.4f} + prior {prior:.4f} + "
+            "reconstruction {reconstruction:.4f} + kl {kl:.4f}".format(**bits))
 
+    encodings: dict[str, Encodings] = {}
     table = None
-    if ds.y_train is not None and ds.y_test is not None:
+    if entry.has_encoder:
+        start = time.perf_counter()
+        for split, x, y in (("train", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):
+            encodings[split] = encode_at(model, x, spec.evaluate.t_grid, spec.evaluate.batch_size, device)
+            write_embeddings(out_dir / "embeddings", split, encodings[split], y)
+        timings["encode_s"] = time.perf_counter() - start
+    else:
+        log(f"model.kind {spec.model.kind!r} has no encoder: encode and probe stages skipped")
+
+    if encodings and ds.y_train is not None and ds.y_test is not None:
         start = time.perf_counter()
         pairs = {t: (encodings["train"].by_t[t], encodings["test"].by_t[t])
                  for t in encodings["test"].by_t}
@@ -108,11 +151,21 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
         plot_probe_curves(table, out_dir / "probes.png", title=spec.name or ds.name)
         timings["probe_s"] = time.perf_counter() - start
         log(table.format_table())
-    else:
+    elif encodings:
         log("no labels in this dataset: probes skipped")
 
     start = time.perf_counter()
-    gen = generate(model, spec.sample, ds.x_test, device)
+    sample_spec = spec.sample
+    if spec.model.kind == "vdm_vae":
+        # The VAE's generative claim is p(x) = E_p(z) p(x|z): samples.png draws z from the prior;
+        # reconstructions and interpolations of test images' codes go to their own files.
+        sample_spec = spec.sample.model_copy(update={"code_source": "prior"})
+        save_generation(generate(model, spec.sample.model_copy(update={"code_source": "encoded"}),
+                                 ds.x_test, device), out_dir / "reconstructions.png")
+        if len(ds.x_test) >= 2:
+            interpolations = generate_interpolations(model, spec.sample, ds.x_test, device)
+            save_interpolations(interpolations, out_dir / "interpolations.png")
+    gen = generate(model, sample_spec, ds.x_test, device)
     save_generation(gen, out_dir / "samples.png")
     timings["sample_s"] = time.perf_counter() - start
 
@@ -123,11 +176,13 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
         "train": {"steps": result.step, "final_loss": result.final_loss,
                   "images_per_s": spec.train.batch_size * result.step / max(timings["train_s"], 1e-9),
                   "device": str(device)},
-        "encode": {"t_grid": sorted(encodings["test"].by_t),
-                   "t_independent": encodings["test"].t_independent},
+        "bits_per_dim": bits,
+        "encode": ({"t_grid": sorted(encodings["test"].by_t),
+                    "t_independent": encodings["test"].t_independent} if encodings else None),
         "probes": table.to_dict() if table else None,
-        "sample": {"sampler": spec.sample.sampler, "count": len(gen.images),
-                   "steps": gen.result.steps, "nfe": gen.result.nfe,
+        "sample": {"sampler": "ancestral" if entry.reports_bits_per_dim else spec.sample.sampler,
+                   "code_source": None if not entry.has_encoder else sample_spec.code_source,
+                   "count": len(gen.images), "steps": gen.result.steps, "nfe": gen.result.nfe,
                    "finite": bool(torch.isfinite(gen.images).all())},
         "timings": timings,
     }

@@ -18,9 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 DEFAULT_T_GRID = [round(0.1 * i, 1) for i in range(11)]
 
 DatasetName = Literal["mnist", "fashion_mnist", "cifar10", "digits", "npz"]
-# Kinds beyond drl/vdrl (baselines, VDM) are added by later issues; the engine refuses any
-# kind it has no model for with a SpecError naming `model.kind`.
-ModelKind = Literal["drl", "vdrl"]
+# drl/vdrl: the first paper's score model with a code. vdm_vae: a VAE whose decoder is a
+# continuous-time VDM conditioned on z; vdm: the same decoder without encoder (the second
+# paper's baseline). Baselines are added by later issues; the engine refuses any kind it has
+# no model for with a SpecError naming `model.kind`.
+ModelKind = Literal["drl", "vdrl", "vdm_vae", "vdm"]
+VDM_KINDS = ("vdm_vae", "vdm")
 EncoderKind = Literal["static", "time_conditioned"]
 Conditioning = Literal["bias", "scale_shift"]
 SDEKind = Literal["ve", "vp"]
@@ -30,6 +33,7 @@ SamplerName = Literal["pc", "euler_maruyama", "ode"]
 PriorName = Literal["gaussian", "uniform_gaussian"]
 CodeSource = Literal["encoded", "grid", "prior"]
 DeviceName = Literal["auto", "cpu", "cuda"]
+GammaSchedule = Literal["learned", "fixed"]
 
 
 class SpecError(ValueError):
@@ -111,6 +115,37 @@ class ObjectiveSpec(_Section):
         return self
 
 
+class VDMSpec(_Section):
+    """The VDM decoder of `vdm_vae` and `vdm` (Kingma et al. 2021); other kinds ignore it.
+
+    gamma(t) = -log SNR(t) runs from gamma_min at t = 0 to gamma_max at t = 1 (the paper's
+    -13.3 and 5.0): 'learned' is the paper's monotone network, its interior shape trained to
+    minimise the variance of the loss; 'fixed' is the linear gamma_min + (gamma_max -
+    gamma_min) t. The eps-network sees Fourier features sin/cos(2^n pi x) of its input for n
+    in `fourier_exponents` (the paper's 7 and 8; [] turns them off).
+    KL annealing (weight min(1, step / kl_anneal_steps)) and free bits (each latent dimension's
+    batch-mean KL counted as at least `free_bits` nats) change the training objective away
+    from the ELBO; both are off (0) by default, and the reported bits/dim is always the ELBO.
+    """
+
+    schedule: GammaSchedule = "learned"
+    gamma_min: float = Field(default=-13.3, ge=-30.0, le=30.0)
+    gamma_max: float = Field(default=5.0, ge=-30.0, le=30.0)
+    schedule_features: int = Field(default=1024, ge=1, le=65_536)   # hidden width of l2
+    fourier_exponents: list[int] = Field(default_factory=lambda: [7, 8], max_length=16)
+    kl_anneal_steps: int = Field(default=0, ge=0)
+    free_bits: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> VDMSpec:
+        if self.gamma_max <= self.gamma_min:
+            raise ValueError(f"vdm.gamma_max must exceed vdm.gamma_min ({self.gamma_min})")
+        if any(not 0 <= n <= 16 for n in self.fourier_exponents):
+            raise ValueError("vdm.fourier_exponents: every exponent must lie in [0, 16], "
+                             f"got {self.fourier_exponents}")
+        return self
+
+
 class TrainSpec(_Section):
     iterations: int = Field(default=80_000, ge=1)
     batch_size: int = Field(default=128, ge=1, le=65_536)
@@ -165,15 +200,20 @@ class ExperimentSpec(_Section):
     model: ModelSpec = Field(default_factory=ModelSpec)
     sde: SDESpec = Field(default_factory=SDESpec)
     objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
+    vdm: VDMSpec = Field(default_factory=VDMSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
     sample: SampleSpec = Field(default_factory=SampleSpec)
 
     @model_validator(mode="after")
     def _cross_section(self) -> ExperimentSpec:
-        if self.sample.code_source == "prior" and self.model.kind != "vdrl":
-            raise ValueError("sample.code_source 'prior' needs model.kind 'vdrl' (a code "
-                             "distribution to draw from); use 'encoded' or 'grid'")
+        # vdm is unconditional: it ignores code_source, so any value is accepted for it.
+        if self.sample.code_source == "prior" and self.model.kind not in ("vdrl", "vdm_vae", "vdm"):
+            raise ValueError("sample.code_source 'prior' needs model.kind 'vdrl' or 'vdm_vae' "
+                             "(a code distribution to draw from); use 'encoded' or 'grid'")
+        if self.model.kind == "vdm_vae" and self.model.encoder != "static":
+            raise ValueError("model.encoder: vdm_vae's code z is t-independent, so its encoder "
+                             f"must be 'static', got {self.model.encoder!r}")
         if self.sample.code_source == "grid" and self.model.latent_dim != 2:
             raise ValueError("sample.code_source 'grid' needs model.latent_dim 2, "
                              f"got {self.model.latent_dim}")

@@ -4,13 +4,14 @@ One step (score-SDE's conventions):
 
     lr_k  = train.lr * min(1, (k + 1) / train.warmup)     (k = 0, 1, ... the step index)
     idx   ~ randint(N, (B,))                                 from the data generator
-    x0    = to_model_range(x_train[idx], sde.data_range)
-    loss  = drl_loss(model, x0, objective, data generator)   (t and eps from the same generator)
+    loss  = training_loss(model, x_train[idx], spec, data generator, k)
+            (registry.py: the kind's loss maps the uint8 batch to its data range; drl/vdrl
+            use drl_loss, vdm/vdm_vae the VDM bound in bits/dim; all noise from the generator)
     g     = clip(grad loss, global norm <= train.grad_clip)
     Adam step with lr_k, then EMA update
 
 Randomness: `train.seed` seeds torch's global RNG (model initialisation, dropout) and a
-separate generator on the device (batch indices, t, eps, VDRL's code noise). Both states go
+separate generator on the device (batch indices, t, eps, a code's noise). Both states go
 into every checkpoint, so a resumed run continues exactly where the interrupted one stopped.
 The dataset is held whole on the device and batches are drawn by index: no DataLoader, no
 per-item Python work.
@@ -25,13 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .checkpoint import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
-from .datasets import ImageDataset, to_model_range
+from .datasets import ImageDataset
 from .device import configure_cuda_math, resolve_device
 from .ema import EMA
-from .model import DRLModel
-from .objective import drl_loss
+from .registry import build_model, training_loss
 from .spec import ExperimentSpec
 
 # Offsets the data generator's seed from the global one: with equal seeds the two streams
@@ -53,7 +54,7 @@ class TrainProgress:
 
 @dataclass
 class TrainResult:
-    model: DRLModel          # EMA weights loaded, eval mode
+    model: nn.Module         # EMA weights loaded, eval mode (DRLModel, VDMModel, ...)
     step: int                # steps taken in total (including those before a resume)
     stopped: bool            # should_stop ended the run early
     last_checkpoint: Path | None
@@ -101,7 +102,7 @@ def train(spec: ExperimentSpec, dataset: ImageDataset, checkpoint_dir: Path | No
           should_stop: Callable[[], bool] | None = None,
           on_checkpoint: Callable[[Path, int], None] | None = None,
           device: torch.device | None = None) -> TrainResult:
-    """Train (or resume training) a DRLModel for `spec.train.iterations` steps in total.
+    """Train (or resume training) the spec's model kind for `spec.train.iterations` steps in total.
 
     With a `checkpoint_dir`, training resumes from its latest checkpoint (whose spec must
     match in the model, sde, objective and train sections, else ValueError naming the
@@ -119,7 +120,7 @@ def train(spec: ExperimentSpec, dataset: ImageDataset, checkpoint_dir: Path | No
     checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
 
     torch.manual_seed(cfg.seed)   # global RNG (CPU and CUDA): initialisation and dropout
-    model = DRLModel(spec, dataset.image_shape).to(device)
+    model = build_model(spec, dataset.image_shape).to(device)
     data_generator = torch.Generator(device=device)
     data_generator.manual_seed(cfg.seed + DATA_SEED_OFFSET)
     state = TrainingState(
@@ -142,7 +143,6 @@ def train(spec: ExperimentSpec, dataset: ImageDataset, checkpoint_dir: Path | No
             on_checkpoint(last_checkpoint, state.step)
 
     x_train = dataset.x_train.to(device)
-    data_range = model.sde.data_range
     # bf16 autocast on CUDA: the forward pass and loss in bf16 (same exponent range as fp32,
     # so no loss scaling is needed); weights, gradients, Adam and EMA stay fp32. CPU runs fp32.
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
@@ -161,9 +161,8 @@ def train(spec: ExperimentSpec, dataset: ImageDataset, checkpoint_dir: Path | No
 
         idx = torch.randint(x_train.shape[0], (cfg.batch_size,), generator=data_generator,
                             device=device)
-        x0 = to_model_range(x_train[idx], data_range)
         with autocast:
-            loss, stats = drl_loss(model, x0, spec.objective, generator=data_generator)
+            loss, stats = training_loss(model, x_train[idx], spec, data_generator, state.step)
         loss_value = float(stats["loss"]) if "loss" in stats else loss.item()
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"train: the loss became {loss_value} at step {state.step + 1}; "

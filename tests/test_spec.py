@@ -29,7 +29,7 @@ def test_yaml_and_json_give_the_same_spec(tmp_path):
 
 
 @pytest.mark.parametrize("data, field, expected", [
-    ({"model": {"kind": "gan"}}, "model.kind", "'drl' or 'vdrl'"),
+    ({"model": {"kind": "gan"}}, "model.kind", "'vdrl'"),
     ({"model": {"encoder": "x"}}, "model.encoder", "'static' or 'time_conditioned'"),
     ({"sde": {"kind": "subvp"}}, "sde.kind", "'ve' or 'vp'"),
     ({"objective": {"t_sampling": "log"}}, "objective.t_sampling", "'uniform', 'sigma_uniform' or 'fixed'"),

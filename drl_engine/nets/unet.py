@@ -115,14 +115,24 @@ class DownPath(nn.Module):
 
 
 class ScoreUNet(nn.Module):
-    """forward(x, noise_cond (B,), code (B, latent_dim)) -> raw output, same shape as x."""
+    """forward(x, noise_cond (B,), code (B, latent_dim)) -> raw output (B, image_channels, H, W).
+
+    Two options serve the VDM decoder: `in_channels` > image_channels when the input carries
+    extra feature channels (Fourier features of the image), and `with_code=False` for an
+    unconditional network (cond = temb(noise_cond) alone, forward takes code=None).
+    """
 
     def __init__(self, image_channels: int, image_size: int, spec: ModelSpec,
-                 time_embedding: TimeEmbeddingKind):
+                 time_embedding: TimeEmbeddingKind, *, in_channels: int | None = None,
+                 with_code: bool = True):
         super().__init__()
         self.image_channels = image_channels
+        self.in_channels = image_channels if in_channels is None else in_channels
+        if self.in_channels < image_channels:
+            raise ValueError(f"in_channels: expected at least image_channels ({image_channels}), "
+                             f"got {self.in_channels}")
         self.image_size = image_size
-        self.latent_dim = spec.latent_dim
+        self.latent_dim = spec.latent_dim if with_code else 0
         nf = spec.base_channels
         emb_dim = 4 * nf
 
@@ -130,8 +140,8 @@ class ScoreUNet(nn.Module):
             return ResBlock(in_ch, out_ch, emb_dim, spec.dropout, spec.conditioning)
 
         self.temb = TimeEmbedding(time_embedding, nf, emb_dim)
-        self.code_mlp = code_mlp(spec.latent_dim, emb_dim, spec.code_mlp_layers)
-        self.down = DownPath(image_channels, image_size, spec, emb_dim, "score U-Net")
+        self.code_mlp = code_mlp(spec.latent_dim, emb_dim, spec.code_mlp_layers) if with_code else None
+        self.down = DownPath(self.in_channels, image_size, spec, emb_dim, "score U-Net")
         sides, attn = self.down.sides, self.down.attn_sides
         skip_ch = list(self.down.skip_channels)
         ch = self.down.out_channels
@@ -157,11 +167,18 @@ class ScoreUNet(nn.Module):
         self.norm_out = group_norm(ch)
         self.conv_out = default_init_(nn.Conv2d(ch, image_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, noise_cond: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-        if code.dim() != 2 or code.shape != (x.shape[0], self.latent_dim):
-            raise ValueError(f"code: expected shape ({x.shape[0]}, {self.latent_dim}) "
-                             f"(batch, model.latent_dim), got {tuple(code.shape)}")
-        cond = self.temb(noise_cond) + self.code_mlp(code)
+    def forward(self, x: torch.Tensor, noise_cond: torch.Tensor,
+                code: torch.Tensor | None = None) -> torch.Tensor:
+        if self.code_mlp is None:
+            if code is not None:
+                raise ValueError("code: this network is unconditional (with_code=False), got a code")
+            cond = self.temb(noise_cond)
+        else:
+            if code is None or code.dim() != 2 or code.shape != (x.shape[0], self.latent_dim):
+                got = None if code is None else tuple(code.shape)
+                raise ValueError(f"code: expected shape ({x.shape[0]}, {self.latent_dim}) "
+                                 f"(batch, model.latent_dim), got {got}")
+            cond = self.temb(noise_cond) + self.code_mlp(code)
 
         h, skips = self.down(x, cond)
         h = self.mid_res1(h, cond)

@@ -1,0 +1,73 @@
+"""The one place that knows which model kinds exist: how to build each and what it trains on.
+
+The trainer, `checkpoint.load_model` and the pipeline ask here; adding a kind means adding
+an entry to `KINDS`, not editing them.
+
+    build(spec, image_shape) -> nn.Module
+    loss(model, pixels, spec, generator, step) -> (batch loss, {name: float}, with 'loss')
+
+`pixels` is a uint8 batch (B, C, H, W): each kind maps it to its own data range (the SDE's
+for drl/vdrl, VDM's bin centres for vdm/vdm_vae), so the trainer never needs to know which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .model import DRLModel
+from .objective import drl_loss
+from .spec import ExperimentSpec, SpecError
+from .vdm.losses import vdm_training_loss
+from .vdm.model import VDMModel
+
+BuildFn = Callable[[ExperimentSpec, tuple[int, int, int]], nn.Module]
+LossFn = Callable[[nn.Module, Tensor, ExperimentSpec, torch.Generator, int],
+                  tuple[Tensor, dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class KindEntry:
+    build: BuildFn
+    loss: LossFn
+    has_encoder: bool      # False: no codes, so encode and probe stages do not apply
+    reports_bits_per_dim: bool   # a likelihood model: the pipeline reports test-set bits/dim
+
+
+def _drl_loss(model: DRLModel, pixels: Tensor, spec: ExperimentSpec,
+              generator: torch.Generator, step: int) -> tuple[Tensor, dict[str, float]]:
+    return drl_loss(model, model.pixels_to_model_range(pixels), spec.objective, generator=generator)
+
+
+def _vdm_loss(model: VDMModel, pixels: Tensor, spec: ExperimentSpec,
+              generator: torch.Generator, step: int) -> tuple[Tensor, dict[str, float]]:
+    return vdm_training_loss(model, pixels, spec, generator, step)
+
+
+KINDS: dict[str, KindEntry] = {
+    "drl": KindEntry(DRLModel, _drl_loss, has_encoder=True, reports_bits_per_dim=False),
+    "vdrl": KindEntry(DRLModel, _drl_loss, has_encoder=True, reports_bits_per_dim=False),
+    "vdm_vae": KindEntry(VDMModel, _vdm_loss, has_encoder=True, reports_bits_per_dim=True),
+    "vdm": KindEntry(VDMModel, _vdm_loss, has_encoder=False, reports_bits_per_dim=True),
+}
+
+
+def kind_entry(kind: str) -> KindEntry:
+    try:
+        return KINDS[kind]
+    except KeyError:
+        raise SpecError(f"model.kind: no model for {kind!r}; expected one of {sorted(KINDS)}") from None
+
+
+def build_model(spec: ExperimentSpec, image_shape: tuple[int, int, int]) -> nn.Module:
+    """The untrained model for `spec.model.kind` and images of shape (C, H, W)."""
+    return kind_entry(spec.model.kind).build(spec, tuple(image_shape))
+
+
+def training_loss(model: nn.Module, pixels: Tensor, spec: ExperimentSpec,
+                  generator: torch.Generator | None, step: int) -> tuple[Tensor, dict[str, float]]:
+    """One batch's loss for `spec.model.kind`; `step` is the 0-based optimiser step."""
+    return kind_entry(spec.model.kind).loss(model, pixels, spec, generator, step)
