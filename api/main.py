@@ -13,6 +13,7 @@ from fastapi import Depends, FastAPI
 
 from api.deps import AppState, get_current_user
 from api.problems import install_problem_handlers
+from api.request_limits import RequestLimitsMiddleware
 from api.routers import embeddings, experiments, health, jobs, metrics, probes, samples
 from drl_core.settings import Settings, get_settings
 
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="drl", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.drl = state
     install_problem_handlers(app)
+    app.add_middleware(RequestLimitsMiddleware)
     app.include_router(health.router)
     for router in PROTECTED:
         # On the router, not on each endpoint, so no endpoint can forget it.

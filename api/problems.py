@@ -40,6 +40,9 @@ _LOCATIONS = {"body", "query", "path", "header", "cookie"}
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
+# The longest echo of a rejected value in an error message.
+ECHO_LIMIT = 100
+
 log = logging.getLogger("drl.api")
 
 
@@ -120,24 +123,31 @@ def pydantic_field_errors(errors: Iterable[Mapping[str, Any]], prefix: str = "")
         if e.get("type") == "extra_forbidden":
             message = "unknown field (check the spelling)"
         elif e.get("type") != "missing" and isinstance(e.get("input"), (str, int, float)):
-            message += f" (got {e['input']!r})"
+            message += f" (got {shown_value(e['input'])})"
         out.append(field_error(name, message))
     return out
+
+
+def shown_value(value: Any, limit: int = ECHO_LIMIT) -> str:
+    """repr(value), cut to `limit` characters: an error names what it got without echoing
+    a megabyte a client sent back to it."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def spec_problem(err: SpecError, prefix: str = "") -> Problem:
     """A SpecError (from parse_spec or a service function) as a 422 naming the fields.
 
     parse_spec raises `SpecError(...) from None` while handling pydantic's ValidationError,
-    which stays reachable as `__context__`: its structured errors give the `errors` list,
-    and the SpecError's own one-line message stays the detail.
+    which stays reachable as `__context__`: its structured errors give the `errors` list
+    and the detail. A SpecError without one (a cross-field check) is the detail as it is.
     """
     cause = err.__context__
     if isinstance(cause, ValidationError):
-        errors = pydantic_field_errors(cause.errors(), prefix)
-    else:
-        errors = [field_error(prefix or "body", str(err))]
-    return validation_problem(errors, detail=str(err))
+        # The detail is rebuilt from the errors (values cut to ECHO_LIMIT): SpecError's own
+        # message quotes every value whole.
+        return validation_problem(pydantic_field_errors(cause.errors(), prefix))
+    return validation_problem([field_error(prefix or "body", str(err))], detail=str(err))
 
 
 def problem_response(request: Request, problem: Problem) -> JSONResponse:

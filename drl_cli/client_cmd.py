@@ -12,11 +12,14 @@ import io
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from .errors import EXIT_FAILED, EXIT_USAGE, CLIError
+
+if TYPE_CHECKING:
+    from drl_engine.spec import ExperimentSpec
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TIMEOUT_S = 30.0
@@ -108,7 +111,7 @@ def submit(args: argparse.Namespace) -> int:
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
     client = client_for(args)
     try:
-        response = client.request("POST", "/experiments", json=spec.model_dump(mode="json"),
+        response = client.request("POST", "/experiments", json=submitted_fields(spec),
                                   headers=headers)
     finally:
         client.close()
@@ -117,6 +120,16 @@ def submit(args: argparse.Namespace) -> int:
         print(f"experiment {experiment['id']} already exists for this idempotency key", file=sys.stderr)
     print(experiment["id"])
     return 0
+
+
+def submitted_fields(spec: ExperimentSpec) -> dict[str, Any]:
+    """What `drl submit` sends: the fields the spec file sets, not every default.
+
+    The server applies its own defaults, so a client and a server of different drl versions
+    agree on every spec whose fields both know; the full dump would carry each field this
+    client knows, and a server without one refuses the whole spec as an unknown field.
+    """
+    return spec.model_dump(mode="json", exclude_unset=True)
 
 
 def status(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import run_cmd
@@ -11,6 +12,8 @@ from . import serve_cmd
 from . import client_cmd
 from . import token_cmd
 from .errors import EXIT_USAGE, CLIError, fail
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,10 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except CLIError as err:  # first: the client commands' errors need no engine import
+        fail(str(err), err.code)
     except user_errors() as err:
         fail(str(err), getattr(err, "code", EXIT_USAGE))
     except KeyboardInterrupt:
         fail("interrupted", 130)
+    except BrokenPipeError:
+        # The reader went away (`drl status | head`): stop quietly, as other commands do.
+        # stdout goes to /dev/null so the interpreter's final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return 0
 
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from drl_engine.trainer import TrainProgress
 
 
 def add_parser(sub) -> None:
@@ -21,6 +25,33 @@ def add_parser(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec field, e.g. --set model.base_channels=16 (repeatable)")
     p.set_defaults(func=run)
+
+
+class TrainingBar:
+    """The training progress bar, a `progress` callback of `train`.
+
+    Closed as soon as training reports its last step, so that its elapsed time and s/step
+    are the training's own, not those of the encode, probe and sample stages after it.
+    """
+
+    def __init__(self, total: int, disable: bool = False, file: TextIO | None = None) -> None:
+        self._bar = tqdm(total=total, desc="train", unit="step", disable=disable, file=file)
+        self.closed = False
+
+    def __call__(self, progress: TrainProgress) -> None:
+        if self.closed:
+            return
+        self._bar.n = progress.step
+        self._bar.set_postfix(loss=f"{progress.loss:.4g}", img_s=f"{progress.images_per_s:.0f}",
+                              refresh=False)
+        self._bar.refresh()
+        if progress.step >= progress.total:
+            self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._bar.close()
+            self.closed = True
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,16 +71,9 @@ def run(args: argparse.Namespace) -> int:
         overrides["train"]["iterations"] = args.iterations
     spec = parse_spec(apply_overrides(overrides, args.overrides))
 
-    bar = tqdm(total=spec.train.iterations, desc="train", unit="step",
-               disable=os.environ.get("DRL_NO_PROGRESS") == "1")
-
-    def on_progress(p) -> None:
-        bar.n = p.step
-        bar.set_postfix(loss=f"{p.loss:.4g}", img_s=f"{p.images_per_s:.0f}", refresh=False)
-        bar.refresh()
-
+    bar = TrainingBar(spec.train.iterations, disable=os.environ.get("DRL_NO_PROGRESS") == "1")
     try:
-        summary = run_experiment(spec, args.out, on_train_progress=on_progress,
+        summary = run_experiment(spec, args.out, on_train_progress=bar,
                                  log=lambda msg: tqdm.write(msg))
     finally:
         bar.close()

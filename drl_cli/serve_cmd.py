@@ -19,6 +19,7 @@ import argparse
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -47,12 +48,14 @@ def add_parser(sub) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    if not 0 <= args.port <= 65535:
+        raise CLIError(f"--port {args.port}: expected 0 to 65535")
+    check_address_free(args.host, args.port)
+
     from api.main import create_app
     from drl_core.db import upgrade_database
     from drl_core.settings import Settings
 
-    if not 0 <= args.port <= 65535:
-        raise CLIError(f"--port {args.port}: expected 0 to 65535")
     # Through the environment, so the worker process gets the very same settings.
     if args.home:
         os.environ["DRL_HOME"] = str(args.home.expanduser().absolute())
@@ -89,6 +92,24 @@ def serve(args: argparse.Namespace) -> int:
     if worker_died.is_set():
         raise CLIError(f"the worker exited with code {worker.returncode}", EXIT_FAILED)
     return 0
+
+
+def check_address_free(host: str, port: int) -> None:
+    """CLIError (one line) when host:port cannot be bound, before a worker is started for
+    nothing (uvicorn would only say so after startup, exiting with code 3)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise CLIError(f"--host {host}: cannot resolve it ({err.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As uvicorn binds: SO_REUSEADDR, so a port in TIME_WAIT after a restart is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise CLIError(f"--port {port}: cannot listen on {host}:{port} "
+                           f"({err.strerror.lower() if err.strerror else err})") from None
 
 
 class _AnnouncingServer(uvicorn.Server):

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from api.auth import create_token
 from api.main import create_app
+from api.request_limits import MAX_BODY_BYTES
 from drl_core.artifact_keys import embedding_key, experiment_prefix, labels_key, probes_key, sample_key
 from drl_core.artifacts import LocalArtifactStore
 from drl_core.db import session_factory
@@ -197,6 +198,44 @@ def test_openapi_and_docs(client: TestClient) -> None:
     assert {"/experiments", "/embeddings", "/readyz", "/jobs/{job_id}"} <= set(paths)
     responses = paths["/experiments"]["post"]["responses"]
     assert PROBLEM in responses["422"]["content"]
+
+
+def test_oversized_and_non_json_bodies_are_refused(client: TestClient, session: Session) -> None:
+    json_header = {"content-type": "application/json"}
+    huge = json.dumps(dict(TINY_SPEC, name="a" * MAX_BODY_BYTES)).encode()
+    body = assert_problem(client.post("/experiments", content=huge, headers=json_header), 413)
+    assert str(MAX_BODY_BYTES) in body["detail"] and len(client.post(
+        "/experiments", content=huge, headers=json_header).content) < 1000  # nothing echoed
+
+    def chunks():  # no Content-Length: Transfer-Encoding chunked, counted as it streams
+        for start in range(0, len(huge), 64 * 1024):
+            yield huge[start:start + 64 * 1024]
+    assert_problem(client.post("/experiments", content=chunks(), headers=json_header), 413)
+
+    # what `curl -d @spec.json` sends without -H: a 415 naming the header, not "body: ..."
+    small = json.dumps(TINY_SPEC).encode()
+    for content_type in ("application/x-www-form-urlencoded", "text/plain"):
+        body = assert_problem(client.post("/experiments", content=small,
+                                          headers={"content-type": content_type}), 415)
+        assert body["detail"].startswith("Content-Type:") and content_type in body["detail"]
+    body = assert_problem(client.post("/experiments", content=small), 415)
+    assert "no Content-Type header" in body["detail"]
+    assert session.scalar(sa.select(sa.func.count()).select_from(Experiment)) == 0
+
+    # within the limit: JSON with a charset, a chunked JSON body; a POST without a body
+    assert client.post("/experiments", content=small,
+                       headers={"content-type": "application/json; charset=utf-8"}).status_code == 201
+    created = client.post("/experiments", content=iter([small[:10], small[10:]]), headers=json_header)
+    assert created.status_code == 201
+    assert client.post(f"/experiments/{created.json()['id']}/cancel").status_code == 200
+
+
+def test_a_rejected_value_is_not_echoed_whole(client: TestClient) -> None:
+    long_name = "n" * 50_000
+    response = client.post("/experiments", json=dict(TINY_SPEC, name=long_name))
+    body = assert_problem(response, 422, "name")
+    assert len(response.content) < 2000
+    assert "50002 characters" in body["detail"]  # the repr's length: what was cut
 
 
 # --- experiments -------------------------------------------------------------------------

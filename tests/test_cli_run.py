@@ -146,3 +146,22 @@ def test_set_overrides_are_validated_like_the_spec(tmp_path):
     spec_file = write_spec(tmp_path / "spec.yaml", dataset={"name": "digits"})
     proc = run_cli("run", str(spec_file), "--out", str(tmp_path / "o"), "--set", "model.latent_dim=0")
     assert proc.returncode == 2 and "model.latent_dim" in proc.stderr
+
+
+def test_the_training_bar_closes_when_training_ends():
+    """Not at the end of the whole run: its time and s/step must be the training's."""
+    import io
+
+    from drl_cli.run_cmd import TrainingBar
+    from drl_engine.trainer import TrainProgress
+
+    stream = io.StringIO()
+    bar = TrainingBar(30, file=stream)
+    bar(TrainProgress(step=10, total=30, loss=2.5, images_per_s=100.0, lr=1e-3))
+    assert "10/30" in stream.getvalue() and not stream.getvalue().endswith("\n")
+    bar(TrainProgress(step=30, total=30, loss=1.5, images_per_s=100.0, lr=1e-3))
+    # closed: the final line is written out, while encode, probe and sample are still to come
+    assert "30/30" in stream.getvalue() and stream.getvalue().endswith("\n")
+    bar(TrainProgress(step=30, total=30, loss=1.5, images_per_s=100.0, lr=1e-3))
+    bar.close()  # the run's own close, later, changes nothing
+    assert stream.getvalue().count("\n") == 1

@@ -179,3 +179,53 @@ def test_token_create_prints_a_token_that_authenticates(tmp_path: Path, data_dir
         assert client.get("/experiments", headers={"Authorization": f"Bearer {token}x"}).status_code == 401
     for database_file in home.glob("drl.db*"):  # the database and its WAL
         assert token.encode() not in database_file.read_bytes()
+
+
+def test_submit_sends_only_the_fields_the_spec_file_sets(tmp_path: Path) -> None:
+    """So that a client newer than the server (knowing more spec fields) can still submit."""
+    from drl_cli.client_cmd import submitted_fields
+    from drl_engine.spec import load_spec, parse_spec
+
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(yaml.safe_dump(TINY_SPEC))
+    spec = load_spec(spec_file)
+    sent = submitted_fields(spec)
+    assert sent == TINY_SPEC           # no section or default the file did not write
+    assert parse_spec(sent) == spec    # and the server rebuilds the very same spec
+
+
+def test_a_closed_stdout_ends_quietly_without_a_traceback(tmp_path: Path, data_dir: Path) -> None:
+    """`drl status | head`: the reader goes away before the command writes."""
+    home = tmp_path / "home"
+    process = subprocess.Popen([sys.executable, "-m", "drl_cli.main", "token", "create", "alice",
+                                "--home", str(home)], env=drl_env(home, data_dir),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # long before the command has imported what it needs
+    stderr = process.stderr.read()
+    assert process.wait(60) == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
+def test_a_client_error_is_reported_without_loading_the_engine(tmp_path: Path, data_dir: Path) -> None:
+    """An unreachable server is said at once: torch (seconds to import) is never loaded."""
+    url = f"http://127.0.0.1:{free_port()}"
+    code = ("import sys\nfrom drl_cli.main import main\n"
+            f"try:\n    main(['status', '--url', {url!r}])\n"
+            "except SystemExit as end:\n    print(end.code, 'torch' in sys.modules)\n")
+    shown = subprocess.run([sys.executable, "-c", code], env=drl_env(tmp_path / "home", data_dir),
+                           text=True, capture_output=True, timeout=60)
+    assert shown.stdout.split() == ["1", "False"], shown.stdout + shown.stderr
+    assert "cannot reach the drl server" in shown.stderr
+
+
+def test_serve_on_a_port_in_use_says_so_before_starting_anything(tmp_path: Path, data_dir: Path) -> None:
+    home = tmp_path / "home"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = drl("serve", "--port", str(port), "--home", str(home), env=drl_env(home, data_dir))
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (f"drl: error: --port {port}: cannot listen on 127.0.0.1:{port} "
+                                      "(address already in use)")
+    assert not home.exists()  # no database, no queue folder, no worker

@@ -424,6 +424,11 @@ def test_npz_unknown_path_and_unreadable_file(tmp_path, monkeypatch):
     np.save(tmp_path / "one.npy", np.zeros((3, 4, 4), np.uint8))
     with pytest.raises(DatasetError, match=r"one\.npy: a single \.npy array, not an \.npz"):
         load_dataset(spec(name="npz", path="one.npy"))
+    # any other file: said plainly, not numpy's "contains pickled data ... allow_pickle" advice
+    (tmp_path / "text.npz").write_text("x_train,y_train\n1,2\n")
+    with pytest.raises(DatasetError, match=r"text\.npz: not a numpy \.npz file") as err:
+        load_dataset(spec(name="npz", path="text.npz"))
+    assert "pickle" not in str(err.value) and "expected an .npz with x_train" in str(err.value)
 
 
 # --- ImageDataset and the pixel-range maps -------------------------------------------------

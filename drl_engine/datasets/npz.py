@@ -23,6 +23,18 @@ NPZ_SPLIT_SEED = 0
 NPZ_TEST_FRACTION = 0.1
 
 
+_NUMPY_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")  # zip (.npz), empty zip, .npy
+
+
+def _starts_like_numpy(path: Path) -> bool:
+    """Whether the file begins as an .npz or .npy does (unreadable: left to np.load to say)."""
+    try:
+        with path.open("rb") as f:
+            return f.read(6).startswith(_NUMPY_MAGICS)
+    except OSError:
+        return True
+
+
 def read_npz_arrays(path: Path, keys: tuple[str, ...], required: tuple[str, ...],
                     expected: str) -> dict[str, np.ndarray]:
     """The arrays `keys` present in the .npz at `path`; each of `required` must be there.
@@ -30,6 +42,10 @@ def read_npz_arrays(path: Path, keys: tuple[str, ...], required: tuple[str, ...]
     allow_pickle stays off: loading a data file must never run code from it.
     """
     unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+    if path.is_file() and not _starts_like_numpy(path):
+        # np.load would take it for a pickle and suggest allow_pickle, which must stay off.
+        raise DatasetError(f"{path}: not a numpy .npz file (neither a zip archive nor an .npy "
+                           f"array; np.savez writes one); expected {expected}")
     try:
         npz = np.load(path, allow_pickle=False)
     except FileNotFoundError:
