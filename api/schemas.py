@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from drl_core.job_states import derive_experiment_status, failed_job
+from drl_core.job_states import experiment_status, failed_job
 from drl_core.models import Experiment, Job
 from drl_engine.spec import SampleSpec
 
@@ -133,7 +133,7 @@ def experiment_fields(experiment: Experiment) -> dict[str, Any]:
     failed = failed_job(jobs)
     return {
         "id": experiment.id, "name": experiment.name,
-        "status": derive_experiment_status(j.status for j in jobs).value,
+        "status": experiment_status(jobs).value,
         "owner": experiment.owner.name if experiment.owner else None,
         "created_at": experiment.created_at,
         "failed_step": failed.kind if failed else None,

@@ -28,7 +28,7 @@ from drl_core.job_states import (
     JobKind,
     JobStatus,
     StaleTransition,
-    derive_experiment_status,
+    experiment_status,
     failed_job,
     transition,
 )
@@ -209,20 +209,14 @@ def validate_t_values(t_values: Any) -> list[float]:
 
 def request_encodings(session: Session, experiment: Experiment, t_values: list[float], *,
                       celery_app: Celery | None = None) -> Job:
-    """An encode job for `t_values` (both splits) on the trained model; commits, enqueues.
-
-    ValueError naming `t` on bad values; NotReady until the train job has succeeded.
+    """An encode job for `t_values` (both splits); commits, and enqueues it now if training
+    has succeeded, or when it does (as `request_samples`). ValueError naming `t` on bad
+    values; NotReady if training failed or was cancelled (there is no model to encode with).
     """
     ts = validate_t_values(t_values)
-    train = train_job(session, experiment)
-    if train.status != JobStatus.SUCCEEDED:
-        raise NotReady(f"experiment {experiment.id}: training is {train.status}; encodings can "
-                       "be requested once it has succeeded")
+    train = usable_train_job(session, experiment, "encode with")
     job = new_job(experiment, JobKind.ENCODE, {"t": ts}, train)
-    session.add(job)
-    session.commit()
-    enqueue_job(job, celery_app)
-    return job
+    return add_and_release(session, job, train, celery_app)
 
 
 def sample_params(experiment: Experiment, params: Any) -> dict[str, Any]:
@@ -241,11 +235,23 @@ def request_samples(session: Session, experiment: Experiment, params: dict[str, 
     now if training has succeeded, or when it does. NotReady if training failed or was
     cancelled (there is no model to sample from)."""
     merged = sample_params(experiment, params)
+    train = usable_train_job(session, experiment, "sample from")
+    job = new_job(experiment, JobKind.SAMPLE, {"sample": merged}, train)
+    return add_and_release(session, job, train, celery_app)
+
+
+def usable_train_job(session: Session, experiment: Experiment, purpose: str) -> Job:
+    """The train job a requested job waits for; NotReady once it can never give a model."""
     train = train_job(session, experiment)
     if train.status in (JobStatus.FAILED, JobStatus.CANCELLED):
         raise NotReady(f"experiment {experiment.id}: training {train.status}; there is no model "
-                       "to sample from")
-    job = new_job(experiment, JobKind.SAMPLE, {"sample": merged}, train)
+                       f"to {purpose}")
+    return train
+
+
+def add_and_release(session: Session, job: Job, train: Job, celery_app: Celery | None) -> Job:
+    """Commit a requested job; enqueue it at once when its train job already succeeded (else
+    the train job's success releases it, like any dependent)."""
     session.add(job)
     session.commit()
     if train.status == JobStatus.SUCCEEDED:
@@ -287,7 +293,7 @@ def experiment_summary(session: Session, experiment: Experiment) -> dict[str, An
         "name": experiment.name,
         "owner_id": experiment.owner_id,
         "created_at": experiment.created_at,
-        "status": derive_experiment_status(j.status for j in jobs).value,
+        "status": experiment_status(jobs).value,
         "failed_step": failed.kind if failed is not None else None,
         "error": failed.error if failed is not None else None,
         "progress": None if train is None else {

@@ -254,9 +254,25 @@ class _JobLike(Protocol):
     status: Any
 
 
+def pipeline_jobs(jobs: Iterable[_JobLike]) -> list[_JobLike]:
+    """The jobs created with the experiment (train -> encode -> probe -> sample): the first of
+    each kind. Encodings and samples requested later have higher ids; their outcome is theirs
+    and does not change the experiment's status (a cancelled extra sample job must not turn a
+    finished experiment into a cancelled one)."""
+    first: dict[str, _JobLike] = {}
+    for job in sorted(jobs, key=lambda j: j.id or 0):
+        first.setdefault(str(job.kind), job)
+    return list(first.values())
+
+
+def experiment_status(jobs: Iterable[_JobLike]) -> ExperimentStatus:
+    """The experiment's status: `derive_experiment_status` of its pipeline jobs."""
+    return derive_experiment_status(j.status for j in pipeline_jobs(jobs))
+
+
 def failed_job(jobs: Iterable[_JobLike]) -> _JobLike | None:
-    """The step that failed: the first failed job in pipeline order (train, encode, probe,
-    sample; then by id), or None. Its `kind` names the step and its `error` says why."""
-    failed = [j for j in jobs if JobStatus(j.status) is S.FAILED]
+    """The step that failed: the first failed pipeline job in pipeline order (train, encode,
+    probe, sample), or None. Its `kind` names the step and its `error` says why."""
+    failed = [j for j in pipeline_jobs(jobs) if JobStatus(j.status) is S.FAILED]
     order = {kind.value: i for i, kind in enumerate(JobKind)}
     return min(failed, key=lambda j: (order.get(str(j.kind), len(order)), j.id or 0), default=None)

@@ -104,7 +104,6 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
                    on_train_progress: Callable[[TrainProgress], None] | None = None,
                    log: Log = print, dataset: ImageDataset | None = None) -> RunSummary:
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     device = resolve_device(spec.train.device)
 
@@ -112,6 +111,8 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
     ds = dataset or load_dataset(spec.dataset)
     ds = ds.to(device)
     timings["load_s"] = time.perf_counter() - start
+    # Only now: bad input (a missing dataset, a wrong device) leaves no empty folder behind.
+    out_dir.mkdir(parents=True, exist_ok=True)
     log(f"dataset {ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test images "
         f"of shape {tuple(ds.image_shape)} on {device}")
 

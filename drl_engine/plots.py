@@ -56,11 +56,21 @@ def image_grid(images: Any, nrow: int | None = None, padding: int = 2,
     return pixels[0] if c == 1 else pixels.transpose(1, 2, 0)
 
 
+# Grids of small images (16 or 28 px) are enlarged by whole pixels to about this width, so
+# the PNG is readable in a browser or notebook without smoothing away the pixels.
+MIN_GRID_WIDTH = 512
+
+
 def save_image_grid(images: Any, path: str | Path, nrow: int | None = None) -> None:
-    """Write `image_grid(images, nrow)` as a PNG (parent folders are created)."""
+    """Write `image_grid(images, nrow)` as a PNG (parent folders are created), enlarged by an
+    integer factor with nearest-neighbour when it is narrower than MIN_GRID_WIDTH."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image_grid(images, nrow)).save(path, format="PNG")
+    grid = Image.fromarray(image_grid(images, nrow))
+    factor = max(1, MIN_GRID_WIDTH // grid.width)
+    if factor > 1:
+        grid = grid.resize((grid.width * factor, grid.height * factor), Image.Resampling.NEAREST)
+    grid.save(path, format="PNG")
 
 
 def plot_probe_curves(table: ProbeTable, path: str | Path, title: str | None = None) -> None:

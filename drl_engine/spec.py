@@ -174,7 +174,7 @@ class EvaluateSpec(_Section):
     def _t_in_range(self) -> EvaluateSpec:
         bad = [t for t in self.t_grid if not 0.0 <= t <= 1.0]
         if bad:
-            raise ValueError(f"evaluate.t_grid: every t must lie in [0, 1], got {bad}")
+            raise ValueError(f"evaluate.t_grid: every t must lie in [0, 1], got {shown_value(bad)}")
         if any(b < 2 for b in self.label_budgets):
             raise ValueError("evaluate.label_budgets: every budget must be >= 2")
         return self
@@ -220,6 +220,30 @@ class ExperimentSpec(_Section):
         return self
 
 
+MAX_SHOWN_VALUE = 100
+
+
+def shown_value(value: Any) -> str:
+    """repr of a rejected value, cut to MAX_SHOWN_VALUE characters (a 10,000-entry t_grid
+    must not be echoed whole)."""
+    text = repr(value)
+    if len(text) <= MAX_SHOWN_VALUE:
+        return text
+    return f"{text[:MAX_SHOWN_VALUE]}... ({len(text)} characters)"
+
+
+def allowed_fields(loc: tuple) -> list[str]:
+    """The field names of the spec section an unknown key at `loc` was found in."""
+    model: type[BaseModel] = ExperimentSpec
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
 def format_validation_error(err: ValidationError) -> str:
     """One line per problem: `field.path: what was expected (got VALUE)`."""
     lines = []
@@ -227,11 +251,12 @@ def format_validation_error(err: ValidationError) -> str:
         loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; see ExperimentSpec for the allowed fields)"
+            fields = allowed_fields(e["loc"])
+            msg = "unknown field" + (f"; allowed: {', '.join(fields)}" if fields else "")
         got = e.get("input")
         where = f"{loc}: " if loc and not msg.startswith(loc) else ""
-        tail = f" (got {got!r})" if e["type"] not in ("missing",) and not isinstance(got, dict) else ""
-        lines.append(f"{where}{msg}{tail}")
+        show = e["type"] not in ("missing", "extra_forbidden") and not isinstance(got, dict)
+        lines.append(f"{where}{msg}" + (f" (got {shown_value(got)})" if show else ""))
     return "; ".join(lines)
 
 

@@ -3,7 +3,9 @@
 # are up, and runs the whole pytest suite against the datasets in ../shared/data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# torch first and pinned: the CPU build; any looser requirement pulls the CUDA packages.
+# torch first and pinned exactly: on the build machines pip resolves it to the local CPU wheel
+# (pip config find-links); any looser requirement would pull the multi-GB CUDA packages.
+# Elsewhere, install the torch 2.13.0 build you want (CPU or CUDA) before running this.
 python3 -m pip install -q torch==2.13.0
 python3 -m pip install -q -e '.[test]'
 bash scripts/ensure_services.sh

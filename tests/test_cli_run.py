@@ -165,3 +165,9 @@ def test_the_training_bar_closes_when_training_ends():
     bar(TrainProgress(step=30, total=30, loss=1.5, images_per_s=100.0, lr=1e-3))
     bar.close()  # the run's own close, later, changes nothing
     assert stream.getvalue().count("\n") == 1
+
+
+def test_a_dataset_error_leaves_no_output_folder(tmp_path):
+    spec = write_spec(tmp_path / "spec.yaml", dataset={"name": "mnist", "data_dir": str(tmp_path / "none")})
+    proc = run_cli("run", str(spec), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and not (tmp_path / "out").exists()

@@ -161,11 +161,13 @@ def test_delete_removes_rows_and_artifacts_of_that_experiment_only(pg_session: S
 # --- more encodings and samples ----------------------------------------------------------
 
 
-def test_request_encodings_needs_a_trained_model_and_valid_t(pg_session: Session, queue) -> None:
+def test_request_encodings_waits_for_training_and_validates_t(pg_session: Session, queue) -> None:
     experiment, _ = create(pg_session, queue)
     train = experiment.jobs[0]
-    with pytest.raises(NotReady, match="training is queued"):
-        request_encodings(pg_session, experiment, [0.5], celery_app=queue[0])
+    # Training not finished: the job waits behind it (its success enqueues the job), as samples do.
+    waiting = request_encodings(pg_session, experiment, [0.5], celery_app=queue[0])
+    assert (waiting.status, waiting.depends_on_id) == ("queued", train.id)
+    assert queued_job_ids(queue[1], "gpu") == [train.id]
 
     run_to(pg_session, train, JobStatus.RUNNING, JobStatus.SUCCEEDED)
     for bad in ([], [1.5], [-0.1], ["0.5"], [True], [float("nan")], 0.5):
@@ -277,3 +279,12 @@ def test_artifact_keys() -> None:
         embedding_key(3, "val", 0.5)
     with pytest.raises(ValueError, match="not a checkpoint key"):
         checkpoint_step("experiments/3/samples/1.png")
+
+
+def test_requests_after_failed_training_are_refused(pg_session: Session, queue) -> None:
+    experiment, _ = create(pg_session, queue)
+    run_to(pg_session, experiment.jobs[0], JobStatus.RUNNING, JobStatus.FAILED)
+    with pytest.raises(NotReady, match="no model to encode with"):
+        request_encodings(pg_session, experiment, [0.5], celery_app=queue[0])
+    with pytest.raises(NotReady, match="no model to sample from"):
+        request_samples(pg_session, experiment, {}, celery_app=queue[0])

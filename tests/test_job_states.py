@@ -25,6 +25,7 @@ from drl_core.job_states import (
     StaleTransition,
     can_transition,
     derive_experiment_status,
+    experiment_status,
     failed_job,
     heartbeat,
     reap,
@@ -340,3 +341,24 @@ def test_failed_job_is_the_first_failed_step_in_pipeline_order() -> None:
             job(1, "train", "succeeded"), job(5, "encode", "failed")]
     assert failed_job(jobs).id == 2
     assert failed_job([job(1, "train", "succeeded")]) is None
+
+
+def test_jobs_requested_later_do_not_change_the_experiments_status():
+    """Status and failed step come from the pipeline (the first job of each kind): a later
+    sample job that was cancelled or failed is reported on itself, not on the experiment."""
+    from types import SimpleNamespace as J
+
+    pipeline = [J(id=1, kind="train", status="succeeded", error=None),
+                J(id=2, kind="encode", status="succeeded", error=None),
+                J(id=3, kind="probe", status="succeeded", error=None),
+                J(id=4, kind="sample", status="succeeded", error=None)]
+    extra = [J(id=5, kind="sample", status="cancelled", error=None),
+             J(id=6, kind="encode", status="failed", error="boom")]
+    assert experiment_status(pipeline + extra) is ExperimentStatus.SUCCEEDED
+    assert failed_job(pipeline + extra) is None
+    assert derive_experiment_status(j.status for j in pipeline + extra) is ExperimentStatus.FAILED
+
+    broken = [J(id=1, kind="train", status="failed", error="no data"),
+              J(id=2, kind="encode", status="failed", error="upstream")]
+    assert experiment_status(broken) is ExperimentStatus.FAILED
+    assert failed_job(broken).kind == "train"

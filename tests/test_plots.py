@@ -51,7 +51,10 @@ def test_save_image_grid_png(tmp_path):
     save_image_grid(batch(9, 1, 28, 28), path, nrow=3)
     with Image.open(path) as img:
         assert img.format == "PNG"
-        assert img.size == (3 * 30 + 2, 3 * 30 + 2)
+        # 92 px wide, enlarged by the whole factor 512 // 92 = 5 with nearest-neighbour.
+        assert img.size == (5 * (3 * 30 + 2), 5 * (3 * 30 + 2))
+        small = np.asarray(img)[::5, ::5]
+        assert np.array_equal(np.asarray(img), np.repeat(np.repeat(small, 5, 0), 5, 1))
 
 
 def test_plot_probe_curves_png(tmp_path):

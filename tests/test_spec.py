@@ -52,10 +52,21 @@ def test_invalid_values_name_the_field_and_what_is_allowed(data, field, expected
 def test_not_a_mapping_and_unknown_keys(tmp_path):
     with pytest.raises(SpecError, match="expected a mapping"):
         parse_spec([1, 2])
-    with pytest.raises(SpecError, match=r"train\.itterations: unknown field"):
+    with pytest.raises(SpecError, match=r"train\.itterations: unknown field; allowed: iterations, batch_size"):
         parse_spec({"train": {"itterations": 5}})
+    with pytest.raises(SpecError, match=r"modle: unknown field; allowed: name, dataset, model"):
+        parse_spec({"modle": {}})
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(SpecError, match="bad.json: not valid JSON"):
         load_spec(bad)
     assert parse_spec(None) == ExperimentSpec()
+
+
+def test_a_long_rejected_value_is_not_echoed_whole():
+    with pytest.raises(SpecError) as err:
+        parse_spec({"evaluate": {"t_grid": [2.0] * 5000}})
+    assert "evaluate.t_grid" in str(err.value) and len(str(err.value)) < 300
+    with pytest.raises(SpecError) as err:
+        parse_spec({"name": "x" * 10_000})
+    assert "name" in str(err.value) and len(str(err.value)) < 300

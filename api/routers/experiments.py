@@ -6,6 +6,7 @@ translates HTTP to those calls and their results and errors back to HTTP.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Annotated
 
 import sqlalchemy as sa
@@ -18,7 +19,7 @@ from api.lookups import ExperimentId, get_experiment
 from api.problems import field_error, problem_responses, validation_problem
 from api.schemas import ExperimentBrief, ExperimentOut, ExperimentPage, ExperimentSummary, experiment_fields
 from drl_core import experiments as service
-from drl_core.job_states import ExperimentStatus, derive_experiment_status
+from drl_core.job_states import ExperimentStatus, experiment_status
 from drl_core.models import Experiment, Job
 from drl_engine.spec import ExperimentSpec
 
@@ -97,20 +98,21 @@ def list_experiments(
 def ids_with_status(session: Session, wanted: ExperimentStatus) -> list[int]:
     """Ids (newest first) of the experiments whose derived status is `wanted`.
 
-    The status is not stored (it is derived from the jobs), so the filter reads every
-    (experiment, job status) pair, two small columns, and derives it with the one
-    authority, `derive_experiment_status`, rather than a second copy of the rule in SQL.
+    The status is not stored (it is derived from the pipeline jobs), so the filter reads
+    every job's (experiment, id, kind, status), four small columns, and derives it with the
+    one authority, `experiment_status`, rather than a second copy of the rule in SQL.
     """
     rows = session.execute(
-        sa.select(Experiment.id, Job.status).outerjoin(Job, Job.experiment_id == Experiment.id)
+        sa.select(Experiment.id, Job.id, Job.kind, Job.status)
+        .outerjoin(Job, Job.experiment_id == Experiment.id)
         .order_by(Experiment.id.desc())
     )
-    statuses: dict[int, list[str]] = {}
-    for experiment_id, job_status in rows:
-        statuses.setdefault(experiment_id, [])
-        if job_status is not None:
-            statuses[experiment_id].append(job_status)
-    return [i for i, s in statuses.items() if derive_experiment_status(s) is wanted]
+    jobs: dict[int, list[SimpleNamespace]] = {}
+    for experiment_id, job_id, kind, job_status in rows:
+        jobs.setdefault(experiment_id, [])
+        if job_id is not None:
+            jobs[experiment_id].append(SimpleNamespace(id=job_id, kind=kind, status=job_status))
+    return [i for i, js in jobs.items() if experiment_status(js) is wanted]
 
 
 @router.get("/experiments/{experiment_id}", response_model=ExperimentOut, summary="One experiment",
