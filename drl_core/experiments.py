@@ -34,7 +34,7 @@ from drl_core.job_states import (
 )
 from drl_core.models import Artifact, Experiment, Job
 from drl_core.queue import QUEUE_FOR_KIND
-from drl_engine.spec import ExperimentSpec, SpecError, parse_spec
+from drl_engine.spec import ExperimentSpec, SpecError, has_encoder, parse_spec
 
 # A cancel that keeps losing compare-and-sets to a worker gives up after this many tries.
 _CANCEL_RETRIES = 5
@@ -62,13 +62,17 @@ def new_job(experiment: Experiment, kind: JobKind, params: dict[str, Any],
 
 
 def _pipeline_jobs(experiment: Experiment, spec: ExperimentSpec) -> list[Job]:
-    t_grid = sorted({t_key(t) for t in spec.evaluate.t_grid})
+    """train -> encode (t grid) -> probe -> sample; a kind without a code (`vdm`) has nothing
+    to encode or probe: train -> sample."""
     train = new_job(experiment, JobKind.TRAIN, {})
-    encode = new_job(experiment, JobKind.ENCODE, {"t": t_grid}, train)
-    probe = new_job(experiment, JobKind.PROBE, {"t": t_grid}, encode)
-    sample = new_job(experiment, JobKind.SAMPLE, {"sample": spec.sample.model_dump(mode="json")},
-                     probe)
-    return [train, encode, probe, sample]
+    jobs, last = [train], train
+    if has_encoder(spec.model.kind):
+        t_grid = sorted({t_key(t) for t in spec.evaluate.t_grid})
+        encode = new_job(experiment, JobKind.ENCODE, {"t": t_grid}, train)
+        probe = new_job(experiment, JobKind.PROBE, {"t": t_grid}, encode)
+        jobs, last = [train, encode, probe], probe
+    sample = new_job(experiment, JobKind.SAMPLE, {"sample": spec.sample.model_dump(mode="json")}, last)
+    return [*jobs, sample]
 
 
 def find_by_idempotency_key(session: Session, owner_id: int | None, key: str) -> Experiment | None:

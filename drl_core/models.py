@@ -6,7 +6,7 @@ Text, timezone-aware DateTime) so the same migrations run on PostgreSQL and SQLi
 constraint is named by `NAMING_CONVENTION` so migrations and SQLite batch mode can refer to it.
 
 Job status is written only through `drl_core.job_states.transition`; an experiment's status is
-never stored, it is derived from its jobs (`job_states.derive_experiment_status`).
+never stored, it is derived from its pipeline jobs (`job_states.experiment_status`).
 """
 
 from __future__ import annotations

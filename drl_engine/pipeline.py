@@ -33,7 +33,7 @@ from .generate import Generation, generate, generate_interpolations
 from .plots import plot_probe_curves, save_image_grid
 from .probes import ProbeTable, probe_sweep
 from .registry import kind_entry
-from .spec import ExperimentSpec
+from .spec import ExperimentSpec, has_encoder
 from .trainer import TrainProgress, train
 from .vdm.evaluate import evaluate_bits_per_dim
 
@@ -134,7 +134,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
 
     encodings: dict[str, Encodings] = {}
     table = None
-    if entry.has_encoder:
+    if has_encoder(spec.model.kind):
         start = time.perf_counter()
         for split, x, y in (("train", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):
             encodings[split] = encode_at(model, x, spec.evaluate.t_grid, spec.evaluate.batch_size, device)
@@ -182,7 +182,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
                     "t_independent": encodings["test"].t_independent} if encodings else None),
         "probes": table.to_dict() if table else None,
         "sample": {"sampler": "ancestral" if entry.reports_bits_per_dim else spec.sample.sampler,
-                   "code_source": None if not entry.has_encoder else sample_spec.code_source,
+                   "code_source": sample_spec.code_source if has_encoder(spec.model.kind) else None,
                    "count": len(gen.images), "steps": gen.result.steps, "nfe": gen.result.nfe,
                    "finite": bool(torch.isfinite(gen.images).all())},
         "timings": timings,

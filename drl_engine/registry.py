@@ -33,7 +33,6 @@ LossFn = Callable[[nn.Module, Tensor, ExperimentSpec, torch.Generator, int],
 class KindEntry:
     build: BuildFn
     loss: LossFn
-    has_encoder: bool      # False: no codes, so encode and probe stages do not apply
     reports_bits_per_dim: bool   # a likelihood model: the pipeline reports test-set bits/dim
 
 
@@ -48,10 +47,10 @@ def _vdm_loss(model: VDMModel, pixels: Tensor, spec: ExperimentSpec,
 
 
 KINDS: dict[str, KindEntry] = {
-    "drl": KindEntry(DRLModel, _drl_loss, has_encoder=True, reports_bits_per_dim=False),
-    "vdrl": KindEntry(DRLModel, _drl_loss, has_encoder=True, reports_bits_per_dim=False),
-    "vdm_vae": KindEntry(VDMModel, _vdm_loss, has_encoder=True, reports_bits_per_dim=True),
-    "vdm": KindEntry(VDMModel, _vdm_loss, has_encoder=False, reports_bits_per_dim=True),
+    "drl": KindEntry(DRLModel, _drl_loss, reports_bits_per_dim=False),
+    "vdrl": KindEntry(DRLModel, _drl_loss, reports_bits_per_dim=False),
+    "vdm_vae": KindEntry(VDMModel, _vdm_loss, reports_bits_per_dim=True),
+    "vdm": KindEntry(VDMModel, _vdm_loss, reports_bits_per_dim=True),
 }
 
 

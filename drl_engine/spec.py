@@ -24,6 +24,14 @@ DatasetName = Literal["mnist", "fashion_mnist", "cifar10", "digits", "npz"]
 # no model for with a SpecError naming `model.kind`.
 ModelKind = Literal["drl", "vdrl", "vdm_vae", "vdm"]
 VDM_KINDS = ("vdm_vae", "vdm")
+# Kinds with no learned code: the encode and probe stages do not apply. Kept here, torch-free,
+# so the job planner (drl_core) and the API can ask without importing the engine's models.
+KINDS_WITHOUT_ENCODER = frozenset({"vdm"})
+
+
+def has_encoder(kind: str) -> bool:
+    """Whether `model.kind` learns a code (so it is encoded and probed)."""
+    return kind not in KINDS_WITHOUT_ENCODER
 EncoderKind = Literal["static", "time_conditioned"]
 Conditioning = Literal["bias", "scale_shift"]
 SDEKind = Literal["ve", "vp"]

@@ -35,7 +35,7 @@ from drl_core.experiments import (
 from drl_core.job_states import JobStatus, transition
 from drl_core.models import Artifact, Experiment, Job, MetricPoint, User
 from drl_engine.encode import t_key as engine_t_key
-from drl_engine.spec import SpecError
+from drl_engine.spec import SpecError, parse_spec
 from worker.context import upsert_artifact
 
 pytest.register_assert_rewrite("worker_fixtures")
@@ -288,3 +288,11 @@ def test_requests_after_failed_training_are_refused(pg_session: Session, queue) 
         request_encodings(pg_session, experiment, [0.5], celery_app=queue[0])
     with pytest.raises(NotReady, match="no model to sample from"):
         request_samples(pg_session, experiment, {}, celery_app=queue[0])
+
+
+def test_a_kind_without_a_code_gets_no_encode_or_probe_jobs(pg_session: Session, queue) -> None:
+    spec = parse_spec({**tiny_spec().model_dump(mode="json"),
+                       "model": {**tiny_spec().model.model_dump(mode="json"), "kind": "vdm"}})
+    experiment, created = create_experiment(pg_session, spec, None, None, celery_app=queue[0])
+    assert created and [j.kind for j in experiment.jobs] == ["train", "sample"]
+    assert experiment.jobs[1].depends_on_id == experiment.jobs[0].id
