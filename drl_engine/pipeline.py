@@ -12,7 +12,9 @@ VDM kinds add the test-set bits/dim and each ELBO term to metrics.json (`bits_pe
 `vdm_vae`: samples.png from z ~ N(0, I), plus reconstructions.png (test images over their
 reconstructions) and interpolations.png (each row: image a, decodes along the segment between
 the two codes, image b). `vdm` has no encoder: no embeddings or probes; samples.png is
-unconditional.
+unconditional. The baselines (ae, vae, dae, cdae, simclr_gauss) do not sample: no
+samples.png and metrics.json's `sample` is null; those with a decoder write
+reconstructions.png (test images over their reconstructions, per noise level for dae/cdae).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .baselines import has_decoder, save_reconstructions
 from .datasets import ImageDataset, load_dataset
 from .device import resolve_device
 from .encode import Encodings, embedding_filename, encode_at
@@ -33,7 +36,7 @@ from .generate import Generation, generate, generate_interpolations
 from .plots import plot_probe_curves, save_image_grid
 from .probes import ProbeTable, probe_sweep
 from .registry import kind_entry
-from .spec import ExperimentSpec, has_encoder
+from .spec import ExperimentSpec, SampleSpec, generation_sample_spec, has_encoder, has_sampler
 from .trainer import TrainProgress, train
 from .vdm.evaluate import evaluate_bits_per_dim
 
@@ -100,6 +103,38 @@ def training_objective(spec: ExperimentSpec) -> str:
     return "elbo" + (f" ({'; '.join(changes)})" if changes else "")
 
 
+def bits_per_dim_report(model, spec: ExperimentSpec, x_test: torch.Tensor, device,
+                      progress: Callable[[int, int], None] | None = None) -> dict:
+    """The test-set bits/dim of a VDM kind (`evaluate_bits_per_dim`: total and each ELBO
+    term), with the split and what training optimised (`training_objective`)."""
+    return {**evaluate_bits_per_dim(model, x_test, spec.evaluate.batch_size, spec.evaluate.seed,
+                                    device, progress=progress),
+            "split": "test", "training_objective": training_objective(spec)}
+
+
+def describe_bits_per_dim(bits: dict) -> str:
+    """One line: the total and its four terms."""
+    return ("test bits/dim {total:.4f} = diffusion {diffusion:.4f} + prior {prior:.4f} + "
+            "reconstruction {reconstruction:.4f} + kl {kl:.4f}".format(**bits))
+
+
+def sampler_name(kind: str, sample_spec: SampleSpec) -> str:
+    """The sampler that draws `kind`'s samples: VDM kinds sample ancestrally, whatever
+    `sample.sampler` says."""
+    return "ancestral" if kind_entry(kind).reports_bits_per_dim else sample_spec.sampler
+
+
+def baseline_reconstructions(model, spec: ExperimentSpec, x_test: torch.Tensor, out_dir: Path,
+                             device, log: Log) -> dict | None:
+    """The baselines have no sampler: reconstructions.png for those with a decoder, else None."""
+    if not has_decoder(model):
+        log(f"model.kind {spec.model.kind!r} has no decoder and no sampler: sample stage skipped")
+        return None
+    log(f"model.kind {spec.model.kind!r} does not sample: writing reconstructions.png instead")
+    return save_reconstructions(model, x_test, out_dir / "reconstructions.png", spec.sample.count,
+                                spec.sample.seed, device)
+
+
 def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
                    on_train_progress: Callable[[TrainProgress], None] | None = None,
                    log: Log = print, dataset: ImageDataset | None = None) -> RunSummary:
@@ -125,12 +160,9 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
     bits = None
     if entry.reports_bits_per_dim:
         start = time.perf_counter()
-        bits = {**evaluate_bits_per_dim(model, ds.x_test, spec.evaluate.batch_size,
-                                        spec.evaluate.seed, device),
-                "split": "test", "training_objective": training_objective(spec)}
+        bits = bits_per_dim_report(model, spec, ds.x_test, device)
         timings["bits_per_dim_s"] = time.perf_counter() - start
-        log("test bits/dim {total:.4f} = diffusion {diffusion:.4f} + prior {prior:.4f} + "
-            "reconstruction {reconstruction:.4f} + kl {kl:.4f}".format(**bits))
+        log(describe_bits_per_dim(bits))
 
     encodings: dict[str, Encodings] = {}
     table = None
@@ -156,18 +188,21 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
         log("no labels in this dataset: probes skipped")
 
     start = time.perf_counter()
-    sample_spec = spec.sample
-    if spec.model.kind == "vdm_vae":
+    sample_spec = generation_sample_spec(spec)
+    gen = reconstructions = None
+    if not has_sampler(spec.model.kind):
+        reconstructions = baseline_reconstructions(model, spec, ds.x_test, out_dir, device, log)
+    elif spec.model.kind == "vdm_vae":
         # The VAE's generative claim is p(x) = E_p(z) p(x|z): samples.png draws z from the prior;
         # reconstructions and interpolations of test images' codes go to their own files.
-        sample_spec = spec.sample.model_copy(update={"code_source": "prior"})
         save_generation(generate(model, spec.sample.model_copy(update={"code_source": "encoded"}),
                                  ds.x_test, device), out_dir / "reconstructions.png")
         if len(ds.x_test) >= 2:
             interpolations = generate_interpolations(model, spec.sample, ds.x_test, device)
             save_interpolations(interpolations, out_dir / "interpolations.png")
-    gen = generate(model, sample_spec, ds.x_test, device)
-    save_generation(gen, out_dir / "samples.png")
+    if has_sampler(spec.model.kind):
+        gen = generate(model, sample_spec, ds.x_test, device)
+        save_generation(gen, out_dir / "samples.png")
     timings["sample_s"] = time.perf_counter() - start
 
     metrics = {
@@ -181,10 +216,11 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
         "encode": ({"t_grid": sorted(encodings["test"].by_t),
                     "t_independent": encodings["test"].t_independent} if encodings else None),
         "probes": table.to_dict() if table else None,
-        "sample": {"sampler": "ancestral" if entry.reports_bits_per_dim else spec.sample.sampler,
+        "sample": gen and {"sampler": sampler_name(spec.model.kind, sample_spec),
                    "code_source": sample_spec.code_source if has_encoder(spec.model.kind) else None,
                    "count": len(gen.images), "steps": gen.result.steps, "nfe": gen.result.nfe,
                    "finite": bool(torch.isfinite(gen.images).all())},
+        "reconstructions": reconstructions,
         "timings": timings,
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

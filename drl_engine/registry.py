@@ -7,7 +7,8 @@ an entry to `KINDS`, not editing them.
     loss(model, pixels, spec, generator, step) -> (batch loss, {name: float}, with 'loss')
 
 `pixels` is a uint8 batch (B, C, H, W): each kind maps it to its own data range (the SDE's
-for drl/vdrl, VDM's bin centres for vdm/vdm_vae), so the trainer never needs to know which.
+for drl/vdrl and the baselines, VDM's bin centres for vdm/vdm_vae), so the trainer never
+needs to know which.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .baselines import BaselineModel, baseline_loss
 from .model import DRLModel
 from .objective import drl_loss
-from .spec import ExperimentSpec, SpecError
+from .spec import BASELINE_KINDS, ExperimentSpec, SpecError
 from .vdm.losses import vdm_training_loss
 from .vdm.model import VDMModel
 
@@ -51,6 +53,9 @@ KINDS: dict[str, KindEntry] = {
     "vdrl": KindEntry(DRLModel, _drl_loss, reports_bits_per_dim=False),
     "vdm_vae": KindEntry(VDMModel, _vdm_loss, reports_bits_per_dim=True),
     "vdm": KindEntry(VDMModel, _vdm_loss, reports_bits_per_dim=True),
+    # The paper's baselines (spec.py lists what each is; baselines/ has the formulas).
+    **{kind: KindEntry(BaselineModel, baseline_loss, reports_bits_per_dim=False)
+       for kind in BASELINE_KINDS},
 }
 
 

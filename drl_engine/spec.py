@@ -20,10 +20,20 @@ DEFAULT_T_GRID = [round(0.1 * i, 1) for i in range(11)]
 DatasetName = Literal["mnist", "fashion_mnist", "cifar10", "digits", "npz"]
 # drl/vdrl: the first paper's score model with a code. vdm_vae: a VAE whose decoder is a
 # continuous-time VDM conditioned on z; vdm: the same decoder without encoder (the second
-# paper's baseline). Baselines are added by later issues; the engine refuses any kind it has
-# no model for with a SpecError naming `model.kind`.
-ModelKind = Literal["drl", "vdrl", "vdm_vae", "vdm"]
+# paper's baseline). The first paper's baselines (appendix E, figure 4), each with DRL's
+# encoder architecture and latent size (drl_engine/baselines/, formulas there):
+#   ae            autoencoder, ||D(E(x0)) - x0||^2; code E(x0), t-independent
+#   vae           Gaussian encoder + decoder, negative ELBO; code the mean of q(z|x0)
+#   dae           denoising autoencoder, ||D(E(x_t)) - x0||^2; code at t: E(x_t), seeded noise
+#   cdae          conditional DAE, one-step denoiser D(x_t, t, E(x0, t)) -> x0; code E(x0, t)
+#   simclr_gauss  SimCLR whose only augmentation is noise at sigma(t); code at t: E(x_t)
+# The engine refuses any kind it has no model for with a SpecError naming `model.kind`.
+ModelKind = Literal["drl", "vdrl", "vdm_vae", "vdm", "ae", "vae", "dae", "cdae", "simclr_gauss"]
 VDM_KINDS = ("vdm_vae", "vdm")
+# The encoder setting each baseline's definition fixes: only cdae's encoder sees t.
+BASELINE_ENCODER: dict[str, str] = {"ae": "static", "vae": "static", "dae": "static",
+                                    "cdae": "time_conditioned", "simclr_gauss": "static"}
+BASELINE_KINDS = tuple(BASELINE_ENCODER)
 # Kinds with no learned code: the encode and probe stages do not apply. Kept here, torch-free,
 # so the job planner (drl_core) and the API can ask without importing the engine's models.
 KINDS_WITHOUT_ENCODER = frozenset({"vdm"})
@@ -32,6 +42,13 @@ KINDS_WITHOUT_ENCODER = frozenset({"vdm"})
 def has_encoder(kind: str) -> bool:
     """Whether `model.kind` learns a code (so it is encoded and probed)."""
     return kind not in KINDS_WITHOUT_ENCODER
+
+
+def has_sampler(kind: str) -> bool:
+    """Whether `model.kind` generates samples (the sample stage); baselines do not."""
+    return kind not in BASELINE_KINDS
+
+
 EncoderKind = Literal["static", "time_conditioned"]
 Conditioning = Literal["bias", "scale_shift"]
 SDEKind = Literal["ve", "vp"]
@@ -222,10 +239,23 @@ class ExperimentSpec(_Section):
         if self.model.kind == "vdm_vae" and self.model.encoder != "static":
             raise ValueError("model.encoder: vdm_vae's code z is t-independent, so its encoder "
                              f"must be 'static', got {self.model.encoder!r}")
+        required = BASELINE_ENCODER.get(self.model.kind, self.model.encoder)
+        if self.model.encoder != required:
+            raise ValueError(f"model.encoder: the {self.model.kind} baseline's encoder is "
+                             f"{required!r} by definition, got {self.model.encoder!r}")
         if self.sample.code_source == "grid" and self.model.latent_dim != 2:
             raise ValueError("sample.code_source 'grid' needs model.latent_dim 2, "
                              f"got {self.model.latent_dim}")
         return self
+
+
+def generation_sample_spec(spec: ExperimentSpec) -> SampleSpec:
+    """The settings of a model's samples (`drl run`'s samples.png, the service's sample job):
+    `spec.sample`, except that `vdm_vae` draws z from the prior, since the VAE's generative
+    claim is p(x) = E_p(z) p(x|z); its reconstructions ask for code_source 'encoded' explicitly."""
+    if spec.model.kind == "vdm_vae":
+        return spec.sample.model_copy(update={"code_source": "prior"})
+    return spec.sample
 
 
 MAX_SHOWN_VALUE = 100
