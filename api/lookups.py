@@ -8,7 +8,8 @@ import sqlalchemy as sa
 from fastapi import Path
 from sqlalchemy.orm import Session, selectinload
 
-from api.problems import not_found
+from api.problems import NO_ENCODER, Problem, not_found
+from drl_core import experiments as service
 from drl_core.models import Artifact, Experiment, Job
 
 # Ids are 32-bit integer columns; a larger value can only be a miss, and PostgreSQL would
@@ -28,6 +29,19 @@ def get_experiment(session: Session, experiment_id: int) -> Experiment:
     if experiment is None:
         raise not_found(f"experiment {experiment_id} not found", experiment=experiment_id)
     return experiment
+
+
+def no_encoder_problem(err: service.NoEncoder, experiment: Experiment) -> Problem:
+    return Problem(422, str(err), type=NO_ENCODER, title="No encoder", experiment=experiment.id,
+                   kind=service.experiment_kind(experiment))
+
+
+def require_encoder(experiment: Experiment) -> None:
+    """A 422 (type no-encoder) for an experiment whose model kind learns no code (vdm)."""
+    try:
+        service.require_encoder(experiment)
+    except service.NoEncoder as err:
+        raise no_encoder_problem(err, experiment) from None
 
 
 def get_job(session: Session, job_id: int, experiment_id: int | None = None) -> Job:

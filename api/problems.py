@@ -57,6 +57,7 @@ UNAUTHORIZED = problem_type("unauthorized")        # 401: missing or unknown bea
 FORBIDDEN = problem_type("forbidden")              # 403: not the experiment's owner
 CONFLICT = problem_type("conflict")                # 409: idempotency key reused with another spec
 NOT_READY = problem_type("not-ready")              # 409: a result its job has not produced yet
+NO_ENCODER = problem_type("no-encoder")            # 422: the model kind has no code (vdm)
 UNAVAILABLE = problem_type("service-unavailable")  # 503: database, broker or store down
 INTERNAL = problem_type("internal-error")          # 500: a bug; details only in the server log
 

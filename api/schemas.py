@@ -91,6 +91,23 @@ class BestT(BaseModel):
     value: float
 
 
+class BitsPerDim(BaseModel):
+    """A likelihood model's (vdm, vdm_vae) test-set negative ELBO in bits/dim, term by term:
+    total = diffusion + prior + reconstruction + kl (kl is 0 for vdm). Always the ELBO at
+    KL weight 1; `training_objective` says whether training optimised something else."""
+
+    total: float | None
+    diffusion: float | None
+    prior: float | None
+    reconstruction: float | None
+    kl: float | None
+    images: int = Field(description="test images the estimate averages over")
+    split: str
+    training_objective: str = Field(description="'elbo', or the ELBO with KL annealing / free bits")
+    step: int | None = Field(description="the training step of the evaluated model")
+    key: str = Field(description="artifact key of the stored bits_per_dim.json")
+
+
 class ExperimentSummary(BaseModel):
     last_loss: float | None = Field(description="the training job's latest reported loss")
     train_step: int | None
@@ -99,6 +116,11 @@ class ExperimentSummary(BaseModel):
     best_t: dict[str, BestT] | None = Field(
         description="per probe column, the t with the best value; null until the probes ran")
     embeddings: dict[str, list[float]] = Field(description="computed t values per split")
+    has_encoder: bool = Field(default=True, description="false for a kind without a code (vdm): "
+                              "no embeddings or probes")
+    bits_per_dim: BitsPerDim | None = Field(
+        default=None, description="test-set bits/dim per ELBO term (vdm, vdm_vae); null until "
+                                  "training finished, and for other kinds")
 
     @classmethod
     def from_service(cls, summary: dict[str, Any]) -> ExperimentSummary:
@@ -109,6 +131,7 @@ class ExperimentSummary(BaseModel):
             last_loss=finite_or_none(progress.get("loss")), train_step=progress.get("step"),
             train_total=progress.get("total"), images_per_s=finite_or_none(progress.get("images_per_s")),
             best_t=probes["best"] if probes else None, embeddings=summary.get("embeddings") or {},
+            has_encoder=summary.get("has_encoder", True), bits_per_dim=summary.get("bits_per_dim"),
         )
 
 

@@ -5,6 +5,7 @@
     experiments/<id>/embeddings/<split>/labels.npy
     experiments/<id>/probes/probes.json   (and probes.csv, probes.png)
     experiments/<id>/samples/<job_id>.png
+    experiments/<id>/metrics/bits_per_dim.json   (VDM kinds: test-set bits/dim per ELBO term)
 
 Keys are a pure function of what they hold (experiment, step, split, t, job), so a job that
 runs twice writes the same keys again and never a second copy. The `kind` and `meta` recorded
@@ -22,11 +23,13 @@ class ArtifactKind(StrEnum):
     EMBEDDING = "embedding"   # meta {"split": "train"|"test", "t": 0.5}
     LABELS = "labels"         # meta {"split": ...}
     PROBES = "probes"         # meta {"format": "json"|"csv"|"png"}; the json row adds "best"
-    SAMPLE = "sample"         # meta {"job_id": N}
+    SAMPLE = "sample"         # meta {"job_id": N, "count", "sampler", "steps", "code_source"}
+    METRICS = "metrics"       # meta {"name": "bits_per_dim", "values": {...}}: what the file holds
 
 
 SPLITS = ("train", "test")
 PROBE_FORMATS = ("json", "csv", "png")
+METRICS_NAMES = ("bits_per_dim",)
 _CHECKPOINT_NAME = re.compile(r"ckpt_(\d{8,})\.pt$")
 
 
@@ -76,3 +79,9 @@ def probes_key(experiment_id: int, fmt: str = "json") -> str:
 
 def sample_key(experiment_id: int, job_id: int) -> str:
     return f"{experiment_prefix(experiment_id)}samples/{int(job_id)}.png"
+
+
+def metrics_key(experiment_id: int, name: str) -> str:
+    if name not in METRICS_NAMES:
+        raise ValueError(f"metrics name: expected one of {', '.join(METRICS_NAMES)}, got {name!r}")
+    return f"{experiment_prefix(experiment_id)}metrics/{name}.json"

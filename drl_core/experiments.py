@@ -6,7 +6,9 @@ commit first and enqueue after (the worker reads the row the message names); the
 optional `celery_app` (default: the app for `get_settings()`).
 
 The pipeline an experiment starts with: train (gpu) -> encode on the spec's t grid (gpu) ->
-probe (cpu) -> sample (gpu). Encodings and samples requested later depend on train alone.
+probe (cpu) -> sample (gpu); a kind without an encoder (`vdm`) trains and samples only, and
+asking it for encodings raises `NoEncoder`. Encodings and samples requested later depend on
+train alone. Samples default to `generation_sample_spec` (z from the prior for vdm_vae).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from celery import Celery
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from drl_core.artifact_keys import ArtifactKind, experiment_prefix, t_key
+from drl_core.artifact_keys import ArtifactKind, experiment_prefix, metrics_key, t_key
 from drl_core.artifacts import ArtifactStore
 from drl_core.dispatch import enqueue_job, enqueue_jobs, ready_jobs
 from drl_core.job_states import (
@@ -34,7 +36,8 @@ from drl_core.job_states import (
 )
 from drl_core.models import Artifact, Experiment, Job
 from drl_core.queue import QUEUE_FOR_KIND
-from drl_engine.spec import ExperimentSpec, SpecError, has_encoder, parse_spec
+from drl_engine.spec import (ExperimentSpec, SpecError, generation_sample_spec, has_encoder,
+                              has_sampler, parse_spec)
 
 # A cancel that keeps losing compare-and-sets to a worker gives up after this many tries.
 _CANCEL_RETRIES = 5
@@ -46,6 +49,22 @@ class IdempotencyConflict(ValueError):
 
 class NotReady(RuntimeError):
     """The experiment is not in a state that allows this yet (e.g. training not finished)."""
+
+
+class NoEncoder(ValueError):
+    """The experiment's model kind learns no code: it has no embeddings or probes, ever."""
+
+
+def experiment_kind(experiment: Experiment) -> str:
+    return (experiment.spec.get("model") or {}).get("kind", "drl")
+
+
+def require_encoder(experiment: Experiment) -> None:
+    """NoEncoder, naming the kind, for an experiment whose model has no encoder (`vdm`)."""
+    kind = experiment_kind(experiment)
+    if not has_encoder(kind):
+        raise NoEncoder(f"experiment {experiment.id} is model.kind {kind!r}, which has no "
+                        "encoder: it has no embeddings or probes")
 
 
 # --- create ------------------------------------------------------------------------------
@@ -62,17 +81,20 @@ def new_job(experiment: Experiment, kind: JobKind, params: dict[str, Any],
 
 
 def _pipeline_jobs(experiment: Experiment, spec: ExperimentSpec) -> list[Job]:
-    """train -> encode (t grid) -> probe -> sample; a kind without a code (`vdm`) has nothing
-    to encode or probe: train -> sample."""
+    """train -> encode (t grid) -> probe -> sample, keeping only the stages the kind has: a
+    kind without a code (`vdm`) has nothing to encode or probe (train -> sample); the
+    baselines (ae, vae, dae, ...) do not generate (train -> encode -> probe)."""
+    kind = spec.model.kind
     train = new_job(experiment, JobKind.TRAIN, {})
-    jobs, last = [train], train
-    if has_encoder(spec.model.kind):
+    jobs = [train]
+    if has_encoder(kind):
         t_grid = sorted({t_key(t) for t in spec.evaluate.t_grid})
         encode = new_job(experiment, JobKind.ENCODE, {"t": t_grid}, train)
-        probe = new_job(experiment, JobKind.PROBE, {"t": t_grid}, encode)
-        jobs, last = [train, encode, probe], probe
-    sample = new_job(experiment, JobKind.SAMPLE, {"sample": spec.sample.model_dump(mode="json")}, last)
-    return [*jobs, sample]
+        jobs += [encode, new_job(experiment, JobKind.PROBE, {"t": t_grid}, encode)]
+    if has_sampler(kind):
+        jobs.append(new_job(experiment, JobKind.SAMPLE,
+                            {"sample": generation_sample_spec(spec).model_dump(mode="json")}, jobs[-1]))
+    return jobs
 
 
 def find_by_idempotency_key(session: Session, owner_id: int | None, key: str) -> Experiment | None:
@@ -214,9 +236,11 @@ def validate_t_values(t_values: Any) -> list[float]:
 def request_encodings(session: Session, experiment: Experiment, t_values: list[float], *,
                       celery_app: Celery | None = None) -> Job:
     """An encode job for `t_values` (both splits); commits, and enqueues it now if training
-    has succeeded, or when it does (as `request_samples`). ValueError naming `t` on bad
-    values; NotReady if training failed or was cancelled (there is no model to encode with).
+    has succeeded, or when it does (as `request_samples`). NoEncoder for a kind without an
+    encoder; ValueError naming `t` on bad values; NotReady if training failed or was
+    cancelled (there is no model to encode with).
     """
+    require_encoder(experiment)
     ts = validate_t_values(t_values)
     train = usable_train_job(session, experiment, "encode with")
     job = new_job(experiment, JobKind.ENCODE, {"t": ts}, train)
@@ -224,12 +248,14 @@ def request_encodings(session: Session, experiment: Experiment, t_values: list[f
 
 
 def sample_params(experiment: Experiment, params: Any) -> dict[str, Any]:
-    """`params` merged over the experiment's spec.sample, validated (SpecError naming
-    `sample.<field>`, including the checks that involve the model, e.g. grid codes)."""
+    """`params` merged over the experiment's generation settings (`generation_sample_spec`:
+    spec.sample, z from the prior for vdm_vae), validated (SpecError naming `sample.<field>`,
+    including the checks that involve the model, e.g. grid codes)."""
     if not isinstance(params, dict):
         raise SpecError(f"sample: expected a mapping of sample settings, got {type(params).__name__}")
     spec = dict(experiment.spec)
-    spec["sample"] = {**spec.get("sample", {}), **params}
+    defaults = generation_sample_spec(parse_spec(spec)).model_dump(mode="json")
+    spec["sample"] = {**defaults, **params}
     return parse_spec(spec).sample.model_dump(mode="json")
 
 
@@ -237,7 +263,12 @@ def request_samples(session: Session, experiment: Experiment, params: dict[str, 
                     celery_app: Celery | None = None) -> Job:
     """A sample job with `params` over the spec's sample settings; commits, and enqueues it
     now if training has succeeded, or when it does. NotReady if training failed or was
-    cancelled (there is no model to sample from)."""
+    cancelled (there is no model to sample from); SpecError naming model.kind for a kind that
+    does not generate (the baselines)."""
+    kind = experiment_kind(experiment)
+    if not has_sampler(kind):
+        raise SpecError(f"model.kind: experiment {experiment.id} is {kind!r}, which does not "
+                        "generate samples")
     merged = sample_params(experiment, params)
     train = usable_train_job(session, experiment, "sample from")
     job = new_job(experiment, JobKind.SAMPLE, {"sample": merged}, train)
@@ -286,9 +317,22 @@ def probe_summary(session: Session, experiment_id: int) -> dict[str, Any] | None
     return {"best": row.meta.get("best", {}), "key": row.key}
 
 
+def bits_per_dim_summary(session: Session, experiment_id: int) -> dict[str, Any] | None:
+    """The test-set bits/dim a VDM kind's train job stored (total, diffusion, prior,
+    reconstruction, kl, images, split, training_objective, step, key); None before (or for a
+    kind that reports none)."""
+    row = session.scalars(sa.select(Artifact).where(
+        Artifact.experiment_id == experiment_id, Artifact.kind == ArtifactKind.METRICS.value,
+        Artifact.key == metrics_key(experiment_id, "bits_per_dim"))).one_or_none()
+    if row is None:
+        return None
+    return {**row.meta.get("values", {}), "key": row.key}
+
+
 def experiment_summary(session: Session, experiment: Experiment) -> dict[str, Any]:
     """Status derived from the jobs, the failed step and why, training progress, the best t
-    per probe (once probes ran) and the computed embeddings."""
+    per probe (once probes ran), the computed embeddings, and the test-set bits/dim (VDM
+    kinds, once trained)."""
     jobs = experiment_jobs(session, experiment.id)
     failed = failed_job(jobs)
     train = next((j for j in jobs if j.kind == JobKind.TRAIN), None)
@@ -307,4 +351,6 @@ def experiment_summary(session: Session, experiment: Experiment) -> dict[str, An
                   "depends_on_id": j.depends_on_id, "error": j.error} for j in jobs],
         "probes": probe_summary(session, experiment.id),
         "embeddings": computed_embeddings(session, experiment.id),
+        "has_encoder": has_encoder(experiment_kind(experiment)),
+        "bits_per_dim": bits_per_dim_summary(session, experiment.id),
     }

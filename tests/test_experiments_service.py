@@ -296,3 +296,12 @@ def test_a_kind_without_a_code_gets_no_encode_or_probe_jobs(pg_session: Session,
     experiment, created = create_experiment(pg_session, spec, None, None, celery_app=queue[0])
     assert created and [j.kind for j in experiment.jobs] == ["train", "sample"]
     assert experiment.jobs[1].depends_on_id == experiment.jobs[0].id
+
+
+def test_a_baseline_gets_no_sample_job_and_refuses_sample_requests(pg_session: Session, queue) -> None:
+    spec = parse_spec({**tiny_spec().model_dump(mode="json"),
+                       "model": {**tiny_spec().model.model_dump(mode="json"), "kind": "dae"}})
+    experiment, _ = create_experiment(pg_session, spec, None, None, celery_app=queue[0])
+    assert [j.kind for j in experiment.jobs] == ["train", "encode", "probe"]
+    with pytest.raises(SpecError, match="model.kind: .*'dae', which does not generate"):
+        request_samples(pg_session, experiment, {}, celery_app=queue[0])

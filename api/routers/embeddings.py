@@ -23,7 +23,8 @@ from fastapi import APIRouter, Query, Response, status
 from sqlalchemy.orm import Session
 
 from api.deps import AppState, SessionDep, StateDep, StoreDep
-from api.lookups import MAX_ID, ExperimentId, describe_job, get_experiment, latest_job
+from api.lookups import (MAX_ID, ExperimentId, describe_job, get_experiment, latest_job,
+                         no_encoder_problem, require_encoder)
 from api.problems import NOT_FOUND, NOT_READY, Problem, field_error, problem_responses, validation_problem
 from api.schemas import EmbeddingPage, EncodeRequest, JobOut, Split
 from drl_core import experiments as service
@@ -103,6 +104,7 @@ def read_embeddings(
             "limit", f"at most {MAX_JSON_ROWS} rows per JSON page (format=npy allows {MAX_NPY_ROWS})")])
     t = t_key(t)
     exp = get_experiment(session, experiment)
+    require_encoder(exp)
     row = _row(session, embedding_key(experiment, split, t))
     if row is None:
         computed = service.computed_embeddings(session, experiment).get(split, [])
@@ -141,13 +143,16 @@ def read_embeddings(
              responses=problem_responses(401, 404, 409, 422, 503))
 def request_encodings(experiment_id: ExperimentId, request: EncodeRequest, session: SessionDep,
                       state: StateDep) -> JobOut:
-    """Needs a finished training (409 before). The job's id is in the answer: follow it at
-    /jobs/{id}; the embeddings appear under GET /embeddings when it succeeds."""
+    """Needs a finished training (409 before) and a model kind with an encoder (422, type
+    no-encoder, for vdm). The job's id is in the answer: follow it at /jobs/{id}; the
+    embeddings appear under GET /embeddings when it succeeds."""
     experiment = get_experiment(session, experiment_id)
     try:
         job = service.request_encodings(session, experiment, request.t, celery_app=state.celery)
     except service.NotReady as err:
         raise Problem(409, str(err), type=NOT_READY, title="Not ready") from None
+    except service.NoEncoder as err:
+        raise no_encoder_problem(err, experiment) from None
     except ValueError as err:
         raise validation_problem([field_error("t", str(err).removeprefix("t: "))]) from None
     return JobOut.from_job(job)

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter
 
 from api.deps import SessionDep, StoreDep
-from api.lookups import ExperimentId, describe_job, get_experiment, latest_job
+from api.lookups import ExperimentId, describe_job, get_experiment, latest_job, require_encoder
 from api.problems import NOT_READY, Problem, problem_responses
 from api.schemas import ProbesOut
 from drl_core.artifact_keys import probes_key
@@ -24,8 +24,9 @@ router = APIRouter(tags=["results"])
             responses=problem_responses(401, 404, 422))
 def read_probes(experiment_id: ExperimentId, session: SessionDep, store: StoreDep) -> ProbesOut:
     """404 (type not-ready) while the probes are not computed, saying what the probe job is
-    doing."""
+    doing; 422 (type no-encoder) for a model kind without a code (vdm)."""
     experiment = get_experiment(session, experiment_id)
+    require_encoder(experiment)
     key = probes_key(experiment_id, "json")
     row = session.scalar(sa.select(Artifact).where(Artifact.key == key))
     try:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from drl_core.artifact_keys import ArtifactKind, checkpoint_step
 from drl_core.artifacts import ArtifactNotFound
 from drl_engine.checkpoint import load_model
 from drl_engine.datasets import ImageDataset, load_dataset
 from drl_engine.device import resolve_device
-from drl_engine.model import DRLModel
 from worker.context import JobContext
 
 
@@ -46,8 +46,8 @@ def download_latest_checkpoint(ctx: JobContext, directory: Path) -> tuple[Path, 
     return None
 
 
-def load_trained_model(ctx: JobContext, device: torch.device) -> DRLModel:
-    """The trained model (EMA weights) from the newest stored checkpoint."""
+def load_trained_model(ctx: JobContext, device: torch.device) -> nn.Module:
+    """The trained model of the spec's kind (EMA weights) from the newest stored checkpoint."""
     found = download_latest_checkpoint(ctx, ctx.workdir / "checkpoint")
     if found is None:
         raise RuntimeError(f"experiment {ctx.experiment_id}: no stored checkpoint; the train "

@@ -5,23 +5,40 @@ the checkpoint is downloaded into the scratch directory the trainer resumes from
 points the lost attempt logged after that checkpoint are deleted first, so the re-run steps
 are not recorded twice. Every checkpoint the trainer writes is uploaded and recorded (upsert
 by key), and the store keeps the newest `KEEP_LAST`, as the trainer does on disk.
+
+Metric points per logged step: the loss, images/s and every stat the kind's loss reports
+(drl/vdrl: dsm, penalty; vdm/vdm_vae: bpd and diffusion_bpd, prior_bpd, reconstruction_bpd,
+kl_bpd, kl_weight when annealing; all: grad_norm). A likelihood model (vdm, vdm_vae) then
+reports its test-set bits/dim, the ELBO and each term (`pipeline.bits_per_dim_report`):
+stored as `metrics/bits_per_dim.json` (its row's meta carries the values, for the experiment
+summary) and as points test_bpd, test_bpd_<term> at the final step.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
+import torch
+from torch import nn
 
-from drl_core.artifact_keys import ArtifactKind, checkpoint_key
+from drl_core.artifact_keys import ArtifactKind, checkpoint_key, metrics_key
 from drl_core.models import MetricPoint
 from drl_engine.checkpoint import KEEP_LAST
+from drl_engine.pipeline import bits_per_dim_report, describe_bits_per_dim
+from drl_engine.registry import kind_entry
 from drl_engine.trainer import TrainProgress, train
+from drl_engine.vdm.losses import TERMS
 from worker.context import JobContext
 from worker.jobs.common import download_latest_checkpoint, job_dataset, job_device
 
-# Series recorded per logged step (TrainProgress fields).
+# Series recorded per logged step (TrainProgress fields); the loss's stats are added to them.
 METRIC_KEYS = ("loss", "images_per_s")
+# The test-set bits/dim series: the ELBO's total, then each of its terms.
+BITS_PER_DIM_KEYS = {"test_bpd": "total", **{f"test_bpd_{term}": term for term in TERMS}}
 
 
 def run(ctx: JobContext) -> None:
@@ -42,14 +59,26 @@ def run(ctx: JobContext) -> None:
         ctx.check()   # raises JobCancelled or JobLost: whichever made should_stop true
     ctx.heartbeat.report(step=result.step, total=ctx.spec.train.iterations)
     ctx.log(f"trained {result.step} steps on {device}; final loss {result.final_loss}")
+    if kind_entry(ctx.spec.model.kind).reports_bits_per_dim:
+        record_bits_per_dim(ctx, result.model, dataset.x_test, device, result.step)
 
 
 def discard_metrics_after(ctx: JobContext, step: int) -> None:
+    """Delete the points this job recorded after `step` (a lost attempt's, past its last
+    checkpoint); the re-run records them again."""
     ctx.ensure_held()
     ctx.session.execute(sa.delete(MetricPoint).where(
-        MetricPoint.experiment_id == ctx.experiment_id, MetricPoint.key.in_(METRIC_KEYS),
+        MetricPoint.experiment_id == ctx.experiment_id, MetricPoint.job_id == ctx.job_id,
         MetricPoint.step > step))
     ctx.session.commit()
+
+
+def progress_values(progress: TrainProgress) -> dict[str, float]:
+    """The points of one progress report: METRIC_KEYS, then the loss's stats (its 'loss' is
+    the same series as the report's)."""
+    values = {key: float(getattr(progress, key)) for key in METRIC_KEYS}
+    values.update((key, float(value)) for key, value in progress.stats.items() if key not in values)
+    return values
 
 
 def record_progress(ctx: JobContext, progress: TrainProgress) -> None:
@@ -58,9 +87,35 @@ def record_progress(ctx: JobContext, progress: TrainProgress) -> None:
     ctx.ensure_held()
     ctx.session.add_all([
         MetricPoint(experiment_id=ctx.experiment_id, job_id=ctx.job_id, key=key,
-                    step=progress.step, value=float(getattr(progress, key)))
-        for key in METRIC_KEYS])
+                    step=progress.step, value=value)
+        for key, value in progress_values(progress).items()])
     ctx.session.commit()
+
+
+def json_safe(values: dict[str, Any]) -> dict[str, Any]:
+    """NaN and inf (a diverged model) become null: JSON, and PostgreSQL's jsonb, have neither."""
+    return {key: None if isinstance(value, float) and not math.isfinite(value) else value
+            for key, value in values.items()}
+
+
+def record_bits_per_dim(ctx: JobContext, model: nn.Module, x_test: torch.Tensor,
+                        device: torch.device, step: int) -> None:
+    """The trained model's test-set bits/dim: the json artifact, and its points at `step`
+    (replacing any an earlier attempt recorded)."""
+    bits = bits_per_dim_report(model, ctx.spec, x_test, device, progress=ctx.progress_check())
+    values = json_safe({**bits, "step": step})
+    ctx.store_bytes(metrics_key(ctx.experiment_id, "bits_per_dim"),
+                    json.dumps(values, indent=2).encode(), ArtifactKind.METRICS,
+                    {"name": "bits_per_dim", "values": values})
+    ctx.ensure_held()
+    ctx.session.execute(sa.delete(MetricPoint).where(
+        MetricPoint.experiment_id == ctx.experiment_id, MetricPoint.key.in_(BITS_PER_DIM_KEYS)))
+    ctx.session.add_all([
+        MetricPoint(experiment_id=ctx.experiment_id, job_id=ctx.job_id, key=key, step=step,
+                    value=float(bits[term]))
+        for key, term in BITS_PER_DIM_KEYS.items()])
+    ctx.session.commit()
+    ctx.log(f"{describe_bits_per_dim(bits)} ({bits['images']} images)")
 
 
 def upload_checkpoint(ctx: JobContext, path: Path, step: int) -> None:
