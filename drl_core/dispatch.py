@@ -15,17 +15,27 @@ from collections.abc import Iterable
 
 import sqlalchemy as sa
 from celery import Celery
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
+from sqlalchemy.orm.attributes import set_committed_value
 
-from drl_core.job_states import IllegalTransition, JobStatus, StaleTransition, transition
+from drl_core.job_states import IllegalTransition, JobStatus, StaleTransition, transition, utc_now
 from drl_core.models import Job
 from drl_core.queue import TASK_RUN_JOB, default_celery
 
 
 def enqueue_job(job: Job, celery_app: Celery | None = None) -> None:
-    """Send `drl.run_job(job.id)` to `job.queue` (the row must already be committed)."""
+    """Send `drl.run_job(job.id)` to `job.queue` (the row must already be committed), then
+    record `enqueued_at` (committed). If the process dies between the commit that made the
+    job ready and this send, `enqueued_at` stays NULL and the reaper re-sends the job
+    (`resend_unsent_jobs`): the database, not the broker, is what must not lose work."""
     app = celery_app or default_celery()
     app.send_task(TASK_RUN_JOB, args=[job.id], queue=job.queue, routing_key=job.queue)
+    session = object_session(job)
+    if session is not None:
+        sent_at = utc_now()
+        session.execute(sa.update(Job).where(Job.id == job.id).values(enqueued_at=sent_at))
+        session.commit()
+        set_committed_value(job, "enqueued_at", sent_at)  # the bulk UPDATE does not touch `job`
 
 
 def enqueue_jobs(jobs: Iterable[Job], celery_app: Celery | None = None) -> list[int]:

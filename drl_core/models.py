@@ -188,6 +188,8 @@ class Job(Base):
     loss: Mapped[float | None]
     images_per_s: Mapped[float | None]
     heartbeat_at: Mapped[datetime | None]
+    # When "run job N" was last sent; NULL: never (the reaper re-sends such ready jobs).
+    enqueued_at: Mapped[datetime | None]
     worker: Mapped[str | None] = mapped_column(sa.String(255))
     log_tail: Mapped[list[str]] = mapped_column(default=list)
     error: Mapped[str | None] = mapped_column(sa.Text)

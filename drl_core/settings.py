@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     # Job supervision.
     heartbeat_timeout_s: float = 120.0    # a running job silent this long is lost
     max_attempts: int = 3                 # lost jobs are re-queued until this many attempts
+    # A ready queued job whose message never went out (the sender died, the broker was down)
+    # is re-sent after `unsent_grace_s`; one sent over `resend_after_s` ago and still not
+    # started is re-sent too (a message lost in the broker). Duplicates are harmless.
+    unsent_grace_s: float = 60.0
+    resend_after_s: float = 3600.0
 
     # Worker (added with the job system, issue 3).
     # Key prefix for everything Celery keeps in Redis, so several deployments (or test runs)

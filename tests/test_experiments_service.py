@@ -305,3 +305,34 @@ def test_a_baseline_gets_no_sample_job_and_refuses_sample_requests(pg_session: S
     assert [j.kind for j in experiment.jobs] == ["train", "encode", "probe"]
     with pytest.raises(SpecError, match="model.kind: .*'dae', which does not generate"):
         request_samples(pg_session, experiment, {}, celery_app=queue[0])
+
+
+def test_a_ready_job_whose_message_never_went_out_is_sent_again(pg_session: Session, queue) -> None:
+    """The worker that finished training died before enqueuing the encode job: the reaper's
+    resend pass finds it (enqueued_at NULL, ready for longer than the grace) and sends it."""
+    from datetime import timedelta
+
+    from drl_core.job_states import utc_now
+    from worker.reaper import resend_unsent_jobs
+
+    experiment, _ = create(pg_session, queue)
+    train, encode = experiment.jobs[0], experiment.jobs[1]
+    assert train.enqueued_at is not None and encode.enqueued_at is None
+    run_to(pg_session, train, JobStatus.RUNNING, JobStatus.SUCCEEDED)   # no release_dependents
+    pg_session.commit()
+    assert queued_job_ids(queue[1], "gpu") == [train.id]
+
+    now = utc_now()
+    assert resend_unsent_jobs(pg_session, now, grace_s=60, resend_after_s=3600,
+                              celery_app=queue[0]) == []          # within the grace: left alone
+    later = now + timedelta(seconds=61)
+    assert resend_unsent_jobs(pg_session, later, grace_s=60, resend_after_s=3600,
+                              celery_app=queue[0]) == [encode.id]  # probe is not ready: not sent
+    assert queued_job_ids(queue[1], "gpu") == [train.id, encode.id]
+    pg_session.refresh(encode)
+    assert encode.enqueued_at is not None
+    # Sent: not again until resend_after_s has passed without the job starting.
+    assert resend_unsent_jobs(pg_session, later + timedelta(seconds=120), grace_s=60,
+                              resend_after_s=3600, celery_app=queue[0]) == []
+    assert resend_unsent_jobs(pg_session, later + timedelta(seconds=3700), grace_s=60,
+                              resend_after_s=3600, celery_app=queue[0]) == [encode.id]

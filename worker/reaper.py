@@ -1,4 +1,6 @@
 """The reaper: jobs whose worker stopped heartbeating are lost; re-queue them or settle them.
+It also re-sends ready queued jobs whose "run job N" message never went out
+(`resend_unsent_jobs`), so a sender that died, or a broker that was down, loses no work.
 
 A held job (running or cancelling) whose `heartbeat_at` is older than
 `heartbeat_timeout_s` goes through `job_states.reap`: running -> lost -> queued with attempt
@@ -20,7 +22,7 @@ import sqlalchemy as sa
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from drl_core.dispatch import enqueue_job, settle_downstream
+from drl_core.dispatch import enqueue_job, is_ready, settle_downstream
 from drl_core.job_states import (
     HELD_BY_WORKER,
     IllegalTransition,
@@ -70,6 +72,40 @@ def reap_stale_jobs(session: Session, now: datetime | None = None, *,
     return reaped
 
 
+def unsent_jobs(session: Session, now: datetime, grace_s: float, resend_after_s: float) -> list[Job]:
+    """Ready queued jobs whose message never went out (`enqueued_at` NULL, made ready more
+    than `grace_s` ago, so a sender still between its commit and its send is left alone) or
+    went out more than `resend_after_s` ago without the job starting."""
+    long_ago = now - timedelta(seconds=resend_after_s)
+    candidates = session.scalars(sa.select(Job).where(
+        Job.status == JobStatus.QUEUED.value,
+        Job.enqueued_at.is_(None) | (Job.enqueued_at < long_ago)).order_by(Job.id))
+    return [job for job in candidates if is_ready(job) and (
+        job.enqueued_at is not None or ready_since(job) < now - timedelta(seconds=grace_s))]
+
+
+def ready_since(job: Job) -> datetime:
+    """When a ready job became ready: its last change, or its dependency's finishing."""
+    finished = job.depends_on.finished_at if job.depends_on is not None else None
+    return max(job.updated_at, finished) if finished is not None else job.updated_at
+
+
+def resend_unsent_jobs(session: Session, now: datetime | None = None, *,
+                       grace_s: float | None = None, resend_after_s: float | None = None,
+                       celery_app: Celery | None = None) -> list[int]:
+    """Enqueue the `unsent_jobs` again; their ids. A duplicate delivery is harmless: a worker
+    starts a job only through the queued -> running compare-and-set."""
+    settings = get_settings()
+    grace_s = settings.unsent_grace_s if grace_s is None else grace_s
+    resend_after_s = settings.resend_after_s if resend_after_s is None else resend_after_s
+    jobs = unsent_jobs(session, now or utc_now(), grace_s, resend_after_s)
+    for job in jobs:
+        logger.warning("job %s (%s) is ready but its message %s: sending it again", job.id,
+                       job.kind, "was never sent" if job.enqueued_at is None else "is old")
+        enqueue_job(job, celery_app)
+    return [job.id for job in jobs]
+
+
 class Reaper:
     """Runs `reap_stale_jobs` every `interval_s` on a daemon thread."""
 
@@ -85,6 +121,7 @@ class Reaper:
             try:
                 with self.sessions() as session:
                     reap_stale_jobs(session, timeout_s=self.timeout_s, celery_app=self.celery_app)
+                    resend_unsent_jobs(session, celery_app=self.celery_app)
             except Exception:  # a database or broker outage must not end the reaper
                 logger.exception("reaper pass failed; retrying in %.0f s", self.interval_s)
 

@@ -96,6 +96,7 @@ def upgrade() -> None:
         sa.Column("loss", sa.Double(), nullable=True),
         sa.Column("images_per_s", sa.Double(), nullable=True),
         _timestamp("heartbeat_at", nullable=True),
+        _timestamp("enqueued_at", nullable=True),
         sa.Column("worker", sa.String(length=255), nullable=True),
         sa.Column("log_tail", sa.JSON(), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
