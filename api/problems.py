@@ -15,6 +15,7 @@ traceback (the traceback goes to the server log).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
@@ -29,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from drl_core.artifacts import ArtifactStoreError
-from drl_engine.spec import SpecError
+from drl_engine.spec import SpecError, shown_value
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:drl:problem:"
@@ -39,9 +40,6 @@ BLANK = "about:blank"
 _LOCATIONS = {"body", "query", "path", "header", "cookie"}
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-
-# The longest echo of a rejected value in an error message.
-ECHO_LIMIT = 100
 
 log = logging.getLogger("drl.api")
 
@@ -118,22 +116,17 @@ def pydantic_field_errors(errors: Iterable[Mapping[str, Any]], prefix: str = "")
             out.append(field_error("body", f"not valid JSON ({ctx.get('error', e['msg'])})"))
             continue
         name = field_name(e.get("loc", ()))
-        if prefix:
-            name = prefix if name == "body" else f"{prefix}.{name}"
         message = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        if name == "body":  # a cross-field check: its message starts with the field it names
+            name = field_in_message(message, prefix or "body")
+        elif prefix:
+            name = f"{prefix}.{name}"
         if e.get("type") == "extra_forbidden":
             message = "unknown field (check the spelling)"
         elif e.get("type") != "missing" and isinstance(e.get("input"), (str, int, float)):
             message += f" (got {shown_value(e['input'])})"
         out.append(field_error(name, message))
     return out
-
-
-def shown_value(value: Any, limit: int = ECHO_LIMIT) -> str:
-    """repr(value), cut to `limit` characters: an error names what it got without echoing
-    a megabyte a client sent back to it."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def spec_problem(err: SpecError, prefix: str = "") -> Problem:
@@ -145,10 +138,22 @@ def spec_problem(err: SpecError, prefix: str = "") -> Problem:
     """
     cause = err.__context__
     if isinstance(cause, ValidationError):
-        # The detail is rebuilt from the errors (values cut to ECHO_LIMIT): SpecError's own
+        # The detail is rebuilt from the errors (values cut by shown_value): SpecError's own
         # message quotes every value whole.
         return validation_problem(pydantic_field_errors(cause.errors(), prefix))
-    return validation_problem([field_error(prefix or "body", str(err))], detail=str(err))
+    return validation_problem([field_error(field_in_message(str(err), prefix or "body"), str(err))],
+                              detail=str(err))
+
+
+# The engine's messages start with the dotted field they are about: `dataset.path: ...`,
+# `sample.code_source 'grid' needs ...`.
+_LEADING_FIELD = re.compile(r"^([A-Za-z_]\w*(?:\.\w+)+)\b")
+
+
+def field_in_message(message: str, default: str) -> str:
+    """The dotted field a message starts with, else `default`."""
+    match = _LEADING_FIELD.match(message)
+    return match.group(1) if match else default
 
 
 def problem_response(request: Request, problem: Problem) -> JSONResponse:

@@ -609,3 +609,22 @@ def test_tokens_are_stored_hashed(session: Session, tokens: dict[str, str]) -> N
     dump = "\n".join(str(v) for row in session.execute(sa.text("SELECT * FROM api_tokens")) for v in row)
     for token in tokens.values():
         assert token not in dump
+
+
+def test_with_auth_on_datasets_are_read_only_from_the_data_folder(
+        settings: Settings, tokens: dict[str, str], tmp_path: Path) -> None:
+    """A shared box: a spec cannot make the workers read files outside DRL_DATA_DIR."""
+    data = tmp_path / "team-data"
+    (data / "mine").mkdir(parents=True)
+    app_settings = settings.model_copy(update={"auth_enabled": True, "data_dir": data})
+    alice = bearer(tokens["alice"])
+    with TestClient(create_app(app_settings)) as client:
+        for field, value in (("path", "/etc/passwd"), ("path", "../outside.npz"), ("data_dir", "/")):
+            dataset = {"name": "npz", "path": "x.npz"} | {field: value}
+            body = assert_problem(client.post("/experiments", json={**TINY_SPEC, "dataset": dataset},
+                                              headers=alice), 422, f"dataset.{field}")
+            assert "data folder" in body["detail"]
+        created = client.post("/experiments", headers=alice, json={
+            **TINY_SPEC, "dataset": {"name": "npz", "path": "mine/x.npz"}})
+        assert created.status_code == 201
+        assert created.json()["spec"]["dataset"]["path"] == str((data / "mine" / "x.npz").resolve())

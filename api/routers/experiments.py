@@ -16,12 +16,13 @@ from sqlalchemy.orm import Session, selectinload
 from api.auth import require_owner
 from api.deps import CurrentUser, SessionDep, StateDep, StoreDep
 from api.lookups import ExperimentId, get_experiment
-from api.problems import field_error, problem_responses, validation_problem
+from api.problems import field_error, problem_responses, spec_problem, validation_problem
 from api.schemas import ExperimentBrief, ExperimentOut, ExperimentPage, ExperimentSummary, experiment_fields
 from drl_core import experiments as service
+from drl_core.data_paths import confine_dataset_paths
 from drl_core.job_states import ExperimentStatus, experiment_status
 from drl_core.models import Experiment, Job
-from drl_engine.spec import ExperimentSpec
+from drl_engine.spec import ExperimentSpec, SpecError
 
 router = APIRouter(tags=["experiments"])
 
@@ -57,8 +58,15 @@ def create_experiment(
     invalid fields are a 422 naming them (e.g. `model.kind`).
 
     Reusing an Idempotency-Key with a different spec is a 422 (as the IETF
-    Idempotency-Key draft prescribes): the key names a different request.
+    Idempotency-Key draft prescribes): the key names a different request. With auth on (a
+    shared box) dataset paths must lie inside the service's data folder (422 naming them).
     """
+    if state.settings.auth_enabled:
+        try:
+            spec = spec.model_copy(update={"dataset": confine_dataset_paths(
+                spec.dataset, state.settings.data_dir)})
+        except SpecError as err:
+            raise spec_problem(err) from None
     try:
         experiment, created = service.create_experiment(
             session, spec, owner_id=user.id if user else None, idempotency_key=idempotency_key,
