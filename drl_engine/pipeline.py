@@ -8,7 +8,8 @@ Output layout (the service stores the same files under its artifact keys):
     DIR/samples.png
     DIR/metrics.json (spec, training summary, probe table with best t, sampling summary)
 
-VDM kinds add the test-set bits/dim and each ELBO term to metrics.json (`bits_per_dim`).
+VDM kinds add the test-set bits/dim and each ELBO term to metrics.json (`bits_per_dim`),
+and the FD-LeNet of samples.png's images against the test images (`fd_lenet`; needs labels).
 `vdm_vae`: samples.png from z ~ N(0, I), plus reconstructions.png (test images over their
 reconstructions) and interpolations.png (each row: image a, decodes along the segment between
 the two codes, image b). `vdm` has no encoder: no embeddings or probes; samples.png is
@@ -32,6 +33,7 @@ from .baselines import has_decoder, save_reconstructions
 from .datasets import ImageDataset, load_dataset
 from .device import resolve_device
 from .encode import Encodings, embedding_filename, encode_at
+from .fd_lenet import FD_LENET, fd_lenet
 from .generate import Generation, generate, generate_interpolations
 from .plots import plot_probe_curves, save_image_grid
 from .probes import ProbeTable, probe_sweep
@@ -116,6 +118,22 @@ def describe_bits_per_dim(bits: dict) -> str:
     """One line: the total and its four terms."""
     return ("test bits/dim {total:.4f} = diffusion {diffusion:.4f} + prior {prior:.4f} + "
             "reconstruction {reconstruction:.4f} + kl {kl:.4f}".format(**bits))
+
+
+# Below this many samples the FD-LeNet estimate is visibly biased upward (84-d features):
+# such numbers are comparable only with others drawn at the same count.
+FD_RELIABLE_SAMPLES = 1000
+
+
+def fd_lenet_report(gen: Generation, ds: ImageDataset, device) -> dict:
+    """FD-LeNet of the generated images against the test split, with the sample count and steps."""
+    n = len(gen.images)
+    report = {"value": fd_lenet(gen.images, ds, device=device), "samples": n,
+              "steps": gen.result.steps, "name": FD_LENET, "reference": "test"}
+    if n < FD_RELIABLE_SAMPLES:
+        report["note"] = (f"only {n} samples (< {FD_RELIABLE_SAMPLES}): biased upward, comparable "
+                          "only with FD-LeNet at the same sample count")
+    return report
 
 
 def sampler_name(kind: str, sample_spec: SampleSpec) -> str:
@@ -205,6 +223,18 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
         save_generation(gen, out_dir / "samples.png")
     timings["sample_s"] = time.perf_counter() - start
 
+    fd = None
+    if gen is not None and entry.reports_bits_per_dim:
+        # samples.png's images are the prior samples (vdm_vae) or unconditional ones (vdm).
+        if ds.y_train is None or len(gen.images) < 2 or len(ds.x_test) < 2:
+            log(f"{FD_LENET} skipped: it needs labels (to train LeNet) and at least 2 samples "
+                "and 2 test images")
+        else:
+            start = time.perf_counter()
+            fd = fd_lenet_report(gen, ds, device)
+            timings["fd_lenet_s"] = time.perf_counter() - start
+            log(f"{FD_LENET} of {fd['samples']} samples ({fd['steps']} steps): {fd['value']:.3f}")
+
     metrics = {
         "spec": spec.model_dump(mode="json"),
         "dataset": {"name": ds.name, "image_shape": list(ds.image_shape),
@@ -220,6 +250,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
                    "code_source": sample_spec.code_source if has_encoder(spec.model.kind) else None,
                    "count": len(gen.images), "steps": gen.result.steps, "nfe": gen.result.nfe,
                    "finite": bool(torch.isfinite(gen.images).all())},
+        "fd_lenet": fd,
         "reconstructions": reconstructions,
         "timings": timings,
     }

@@ -1,0 +1,117 @@
+"""FD-LeNet of prior samples in `drl run`'s metrics.json, and the VDM-VAE capacity study.
+
+Both use the bundled digits (16x16, no files) and U-Nets a few thousand parameters big; the
+LeNet cache goes to a temporary DRL_HOME.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from drl_cli.main import main
+from drl_engine.fd_lenet import FD_LENET
+from drl_engine.vdm.losses import TERMS
+from drl_engine.vdm_study import KINDS, STUDY_BUDGETS, get_budget, run_vdm_study, study_spec
+
+TINY_MODEL = {"base_channels": 8, "channel_mult": [1], "num_res_blocks": 1, "attn_resolutions": [],
+              "latent_dim": 2, "dropout": 0.0}
+
+
+@pytest.fixture(autouse=True)
+def lenet_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DRL_HOME", str(tmp_path / "drl_home"))
+
+
+def write_spec(tmp_path, kind: str, count: int) -> str:
+    spec = tmp_path / f"{kind}.json"
+    spec.write_text(json.dumps({
+        "dataset": {"name": "digits", "train_limit": 200, "test_limit": 40},
+        "model": {"kind": kind, **TINY_MODEL},
+        "vdm": {"schedule_features": 16},
+        "train": {"iterations": 5, "batch_size": 16, "lr": 5e-3, "warmup": 0,
+                  "checkpoint_every": 5, "log_every": 5, "device": "cpu"},
+        "evaluate": {"t_grid": [0.0], "probes": ["linear"], "label_budgets": [20]},
+        "sample": {"steps": 3, "count": count},
+    }))
+    return str(spec)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_drl_run_reports_fd_lenet_of_the_generated_samples(tmp_path, kind):
+    out = tmp_path / "out"
+    assert main(["run", write_spec(tmp_path, kind, count=6), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    fd = metrics["fd_lenet"]
+    assert fd["name"] == FD_LENET and fd["samples"] == 6 and fd["steps"] == 3
+    assert math.isfinite(fd["value"]) and fd["value"] >= 0.0
+    # Six samples are far too few for a stable estimate, and metrics.json says so.
+    assert "only 6 samples" in fd["note"]
+    # The number is of samples.png's images: the same count and steps as the sample summary.
+    assert (metrics["sample"]["count"], metrics["sample"]["steps"]) == (6, 3)
+    if kind == "vdm_vae":
+        assert metrics["sample"]["code_source"] == "prior"
+    # The LeNet was trained once and cached under DRL_HOME.
+    assert list((tmp_path / "drl_home" / "cache" / "fd_lenet").glob("digits_*.pt"))
+
+
+def test_study_specs_train_both_kinds_at_equal_steps_and_budgets_are_named():
+    small = get_budget("small")
+    assert len(small.widths) >= 2 and len(STUDY_BUDGETS["full"].widths) >= 2
+    for width in small.widths:
+        vae, base = (study_spec(small, kind, width) for kind in KINDS)
+        assert (vae.model.kind, base.model.kind) == ("vdm_vae", "vdm")
+        assert vae.train == base.train and vae.model.base_channels == base.model.base_channels == width
+        assert vae.sample == base.sample
+        assert vae.dataset.name == "mnist" and vae.vdm.kl_anneal_steps == 0 and vae.vdm.free_bits == 0
+    with pytest.raises(ValueError, match="--budget: expected one of"):
+        get_budget("huge")
+
+
+def test_tiny_study_writes_the_report_with_consistent_numbers(tmp_path):
+    result = run_vdm_study("tiny", tmp_path / "docs", runs_dir=tmp_path / "runs", device="cpu",
+                           log=lambda _: None)
+    budget = STUDY_BUDGETS["tiny"]
+    assert [(r.width, r.kind) for r in result.rows] == [(w, k) for w in budget.widths for k in KINDS]
+    for row in result.rows:
+        bits = row.bits
+        assert all(math.isfinite(bits[name]) for name in (*TERMS, "total"))
+        assert bits["total"] > 0
+        assert bits["total"] == pytest.approx(sum(bits[name] for name in TERMS), rel=1e-9)
+        assert row.steps == budget.iterations
+        assert math.isfinite(row.fd["value"]) and row.fd["value"] >= 0
+        if row.kind == "vdm":
+            assert bits["kl"] == 0 and row.encoder_parameters == 0 and row.probe_best is None
+        else:
+            assert bits["kl"] > 0 and row.encoder_parameters > 0 and "linear" in row.probe_best
+        assert (tmp_path / "docs" / row.samples_png).stat().st_size > 0
+
+    report = result.report.read_text()
+    assert result.report == tmp_path / "docs" / "VDM_VAE.md"
+    assert "tiny budget" in report and "drl vdm-study --budget tiny" in report
+    table = [line for line in report.splitlines() if line.startswith("| ") and "vdm" in line
+             and "base_channels" not in line]
+    assert len(table) == len(result.rows)
+    for line, row in zip(table, result.rows):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[:2] == [str(row.width), row.kind]
+        assert float(cells[5]) == pytest.approx(row.bits["total"], abs=1e-4)
+        assert float(cells[11]) == pytest.approx(row.fd["value"], abs=1e-3)
+    # The runs' checkpoints stay out of the report folder.
+    assert not list((tmp_path / "docs").rglob("*.pt"))
+
+
+def test_cli_vdm_study_records_its_command_and_keeps_runs_apart(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out, runs = tmp_path / "docs", tmp_path / "runs"
+    assert main(["vdm-study", "--budget", "tiny", "--out", str(out), "--runs-dir", str(runs),
+                 "--device", "cpu"]) == 0
+    report = (out / "VDM_VAE.md").read_text()
+    assert f"OMP_NUM_THREADS=1 drl vdm-study --budget tiny --out {out} --device cpu" in report
+    for kind in KINDS:
+        metrics = json.loads((runs / f"{kind}_c4" / "metrics.json").read_text())
+        assert metrics["fd_lenet"]["name"] == FD_LENET
+    with pytest.raises(SystemExit):
+        main(["vdm-study", "--budget", "huge"])
