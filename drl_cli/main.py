@@ -11,6 +11,8 @@ from . import worker_cmd
 from . import serve_cmd
 from . import client_cmd
 from . import token_cmd
+from . import reproduce_cmd
+from . import vdm_study_cmd
 from .errors import EXIT_USAGE, CLIError, fail
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
@@ -24,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_parser(sub)
     client_cmd.add_parser(sub)
     token_cmd.add_parser(sub)
+    reproduce_cmd.add_parser(sub)
+    vdm_study_cmd.add_parser(sub)
     return parser
 
 
