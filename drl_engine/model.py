@@ -20,7 +20,26 @@ from .spec import ExperimentSpec, SpecError
 SUPPORTED_KINDS = ("drl", "vdrl")
 
 
-class DRLModel(nn.Module):
+class OnSDEDataRange:
+    """What every model working in an SDE's data range shares (DRLModel, the baselines):
+    the code size and the map between uint8 pixels and that range. Needs `spec` and `sde`."""
+
+    spec: ExperimentSpec
+
+    @property
+    def latent_dim(self) -> int:
+        return self.spec.model.latent_dim
+
+    def pixels_to_model_range(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels -> the SDE's data range ([0, 1] for VE, [-1, 1] for VP)."""
+        return to_model_range(pixels, self.sde.data_range)
+
+    def model_range_to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """The SDE's data range -> [0, 1], clamped (samples overshoot)."""
+        return from_model_range(x, self.sde.data_range)
+
+
+class DRLModel(OnSDEDataRange, nn.Module):
     has_encoder = True   # every drl/vdrl model encodes (the unconditional `vdm` does not)
 
     def __init__(self, spec: ExperimentSpec, image_shape: tuple[int, int, int]):
@@ -41,18 +60,6 @@ class DRLModel(nn.Module):
         self.score_net = ScoreUNet(channels, size, model, time_embedding)
         self.encoder = Encoder(channels, size, model, time_embedding,
                                time_conditioned=self.time_conditioned, variational=self.variational)
-
-    @property
-    def latent_dim(self) -> int:
-        return self.spec.model.latent_dim
-
-    def pixels_to_model_range(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 pixels -> the SDE's data range ([0, 1] for VE, [-1, 1] for VP)."""
-        return to_model_range(pixels, self.sde.data_range)
-
-    def model_range_to_unit(self, x: torch.Tensor) -> torch.Tensor:
-        """The SDE's data range -> [0, 1], clamped (samples overshoot)."""
-        return from_model_range(x, self.sde.data_range)
 
     def encoder_output(self, x0: torch.Tensor, t: torch.Tensor | None
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:

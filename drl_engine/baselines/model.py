@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..datasets import from_model_range, to_model_range
+from ..model import OnSDEDataRange
 from ..nets import Encoder, ScoreUNet
 from ..nets.layers import default_init_
 from ..sde import _bcast, build_sde
@@ -38,7 +38,7 @@ DECODING_KINDS = ("ae", "vae", "dae")   # a Decoder D(z)
 NOISY_CODE_KINDS = ("dae", "simclr_gauss")   # code at t = E(unit(x_t)): needs a noise draw
 
 
-class BaselineModel(nn.Module):
+class BaselineModel(OnSDEDataRange, nn.Module):
     has_encoder = True
 
     def __init__(self, spec: ExperimentSpec, image_shape: tuple[int, int, int]):
@@ -69,18 +69,6 @@ class BaselineModel(nn.Module):
         self.projection = (default_init_(nn.Sequential(
             nn.Linear(model.latent_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)))
             if kind == "simclr_gauss" else None)
-
-    @property
-    def latent_dim(self) -> int:
-        return self.spec.model.latent_dim
-
-    def pixels_to_model_range(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 pixels -> the SDE's data range ([0, 1] for VE, [-1, 1] for VP)."""
-        return to_model_range(pixels, self.sde.data_range)
-
-    def model_range_to_unit(self, x: torch.Tensor) -> torch.Tensor:
-        """The SDE's data range -> [0, 1], clamped."""
-        return from_model_range(x, self.sde.data_range)
 
     def _times(self, t: torch.Tensor | float | None, x0: torch.Tensor) -> torch.Tensor:
         if t is None:
