@@ -33,14 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input, reported in one line rather than as a traceback."""
+    from drl_engine.datasets import DatasetError
     from drl_engine.spec import SpecError
-    errors: list[type[BaseException]] = [CLIError, SpecError]
-    try:
-        from drl_engine.datasets import DatasetError
-        errors.append(DatasetError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return CLIError, SpecError, DatasetError
 
 
 def main(argv: list[str] | None = None) -> int:

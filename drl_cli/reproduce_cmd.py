@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-# 'tiny' is accepted for the tests but not advertised: its numbers mean nothing.
-BUDGET_CHOICES = ("small", "full", "tiny")
+from .study_args import add_study_arguments
 
 
 def add_parser(sub) -> None:
@@ -16,12 +14,7 @@ def add_parser(sub) -> None:
                                    "PNGs (in DIR/reproduction/). On a CPU shared with other "
                                    "work, OMP_NUM_THREADS=1 avoids thread oversubscription, "
                                    "which can slow training several-fold.")
-    p.add_argument("--budget", choices=BUDGET_CHOICES, default="small", metavar="{small,full}",
-                   help="small: under 20 minutes on 2 CPU cores; full: paper scale, for a GPU "
-                        "(default: small)")
-    p.add_argument("--out", type=Path, default=Path("docs"), help="output folder (default: docs/)")
-    p.add_argument("--data-dir", type=str, help="dataset folder (default: $DRL_DATA_DIR, then ./data)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    add_study_arguments(p, "under 20 minutes on 2 CPU cores")
     p.add_argument("--sections", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
                    help="run only these sections, e.g. a,c (default: all)")
     p.set_defaults(func=run)

@@ -7,8 +7,7 @@ import os
 import shlex
 from pathlib import Path
 
-# 'tiny' is accepted for the tests but not advertised: its numbers mean nothing.
-BUDGET_CHOICES = ("small", "full", "tiny")
+from .study_args import add_study_arguments
 
 
 def add_parser(sub) -> None:
@@ -17,13 +16,9 @@ def add_parser(sub) -> None:
                                    "vdm at equal steps, at two decoder widths on MNIST; test "
                                    "bits/dim with every term, FD-LeNet of prior samples, the KL. "
                                    "Writes DIR/VDM_VAE.md and its PNGs in DIR/vdm_vae/.")
-    p.add_argument("--budget", choices=BUDGET_CHOICES, default="small", metavar="{small,full}",
-                   help="small: about 10 minutes on 2 CPU cores; full: for a GPU (default: small)")
-    p.add_argument("--out", type=Path, default=Path("docs"), help="report folder (default: docs/)")
+    add_study_arguments(p, "about 10 minutes on 2 CPU cores")
     p.add_argument("--runs-dir", type=Path,
                    help="where the runs' checkpoints and metrics go (default: runs/vdm-study-BUDGET)")
-    p.add_argument("--data-dir", type=str, help="dataset folder (default: $DRL_DATA_DIR, then ./data)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.set_defaults(func=run)
 
 

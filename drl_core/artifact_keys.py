@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
+from drl_engine.spec import t_key  # one rounding for files, keys and the API
+
 
 class ArtifactKind(StrEnum):
     CHECKPOINT = "checkpoint"
@@ -31,14 +33,6 @@ SPLITS = ("train", "test")
 PROBE_FORMATS = ("json", "csv", "png")
 METRICS_NAMES = ("bits_per_dim",)
 _CHECKPOINT_NAME = re.compile(r"ckpt_(\d{8,})\.pt$")
-
-
-def t_key(t: float) -> float:
-    """A diffusion time rounded to 3 decimals: 0.1 + 0.2 and 0.3 name the same file.
-
-    Mirrors drl_engine.encode.t_key without importing the engine (and torch) into the API.
-    """
-    return round(float(t), 3)
 
 
 def experiment_prefix(experiment_id: int) -> str:

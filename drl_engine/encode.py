@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .spec import t_key
+
 
 @dataclass
 class Encodings:
@@ -26,11 +28,6 @@ class Encodings:
 
     by_t: dict[float, np.ndarray]
     t_independent: bool
-
-
-def t_key(t: float) -> float:
-    """Canonical form of a diffusion time, so 0.1 + 0.2 and 0.3 name the same encoding."""
-    return round(float(t), 3)
 
 
 def require_encoder(model) -> None:

@@ -61,6 +61,12 @@ DeviceName = Literal["auto", "cpu", "cuda"]
 GammaSchedule = Literal["learned", "fixed"]
 
 
+def t_key(t: float) -> float:
+    """A diffusion time in canonical form (3 decimals), so 0.1 + 0.2 and 0.3 name the same
+    encoding, file and artifact key. Torch-free: the API and drl_core use it too."""
+    return round(float(t), 3)
+
+
 class SpecError(ValueError):
     """An invalid spec; the message names the field (dotted path) and what was expected."""
 
