@@ -112,14 +112,19 @@ def _labelled_classes(dataset: ImageDataset) -> int:
 
 
 @torch.no_grad()
+def predict_labels(model: LeNet, images: np.ndarray | torch.Tensor, batch_size: int = 1000,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """The classifier's label of each image (uint8 pixels or floats in [0, 1]), on the CPU."""
+    x = as_unit_images(images, "images")
+    model.eval()
+    out = [model(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
 def classifier_accuracy(model: LeNet, x_uint8: torch.Tensor, y: torch.Tensor,
                         batch_size: int = 1000, device: torch.device | str = "cpu") -> float:
-    model.eval()
-    correct = 0
-    for start in range(0, len(x_uint8), batch_size):
-        x = as_unit_images(x_uint8[start:start + batch_size].cpu(), "x").to(device)
-        correct += int((model(x).argmax(1).cpu() == y[start:start + batch_size].cpu()).sum())
-    return correct / max(len(x_uint8), 1)
+    predicted = predict_labels(model, x_uint8.cpu(), batch_size, device)
+    return int((predicted == y.cpu()).sum()) / max(len(x_uint8), 1)
 
 
 def train_lenet(dataset: ImageDataset, settings: LeNetSettings = LeNetSettings(),

@@ -37,9 +37,17 @@ class Generation:
 
 def grid_codes(count: int, grid_range: float, device) -> torch.Tensor:
     """A side x side grid over [-r, r]^2 (side = floor(sqrt(count))), row-major."""
-    side = max(1, math.isqrt(count))
-    axis = torch.linspace(-grid_range, grid_range, side, device=device)
-    ys, xs = torch.meshgrid(axis.flip(0), axis, indexing="ij")
+    return box_grid_codes(max(1, math.isqrt(count)), (-grid_range, -grid_range),
+                          (grid_range, grid_range), device)
+
+
+def box_grid_codes(side: int, low: tuple[float, float], high: tuple[float, float],
+                   device) -> torch.Tensor:
+    """A side x side grid over the box [low[0], high[0]] x [low[1], high[1]], row-major, z[0]
+    growing to the right and z[1] growing upwards (as in a scatter plot of the codes)."""
+    xs_axis = torch.linspace(low[0], high[0], side, device=device)
+    ys_axis = torch.linspace(low[1], high[1], side, device=device)
+    ys, xs = torch.meshgrid(ys_axis.flip(0), xs_axis, indexing="ij")
     return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)
 
 
@@ -74,8 +82,27 @@ def generate(model, spec: SampleSpec, x_source_uint8: torch.Tensor | None, devic
     else:  # prior: VDRL's code distribution N(0, I)
         codes = torch.randn(spec.count, model.spec.model.latent_dim, generator=gen, device=device)
         n = spec.count
+    return _run_sampler(model, spec, x0, codes, n, gen, device, progress, references)
+
+
+@torch.no_grad()
+def decode_codes(model, spec: SampleSpec, codes: torch.Tensor, device,
+                 x_init: torch.Tensor | None = None) -> Generation:
+    """Samples of an SDE model for the given fixed codes, one per code, seeded by spec.seed.
+
+    `x_init` (model data range, one per code) starts the reverse SDE from a given x at
+    spec.t_init instead of a prior draw: the denoising swap's noisy real images.
+    """
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(spec.seed)
+    return _run_sampler(model, spec, None, codes.to(device), len(codes), gen, device, None, None,
+                        x_init)
+
+
+def _run_sampler(model, spec: SampleSpec, x0, codes, n: int, gen, device, progress, references,
+                 x_init: torch.Tensor | None = None) -> Generation:
     result = sample(bind_score(model, x0, codes), model.sde, (n, *model.image_shape), spec,
-                    generator=gen, device=device, progress=progress)
+                    generator=gen, device=device, progress=progress, x_init=x_init)
     images = from_model_range(result.images, model.sde.data_range).cpu()
     return Generation(images, references, None if codes is None else codes.cpu(), result)
 

@@ -86,11 +86,13 @@ def initial_sample(sde: SDE, shape: tuple[int, ...], spec: SampleSpec,
 
 def sample(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], spec: SampleSpec,
            generator: torch.Generator | None = None, device=None,
-           progress: ProgressFn | None = None) -> SampleResult:
+           progress: ProgressFn | None = None, x_init: torch.Tensor | None = None) -> SampleResult:
     """Draw `shape[0]` samples by integrating the reverse SDE (or ODE) from t_init to 0.
 
     `score_fn(x, t)` must return a tensor shaped like x; `progress(done, total)` is called
-    after every step. The same generator state gives the same images.
+    after every step. The same generator state gives the same images. `x_init`, when given,
+    is the state at t_init (e.g. a real image noised to t_init, for the denoising swap)
+    instead of a draw from `spec.prior`; it must have `shape`.
     """
     if spec.sampler not in _STEPS:
         raise ValueError(f"sample.sampler: expected one of {sorted(_STEPS)}, got {spec.sampler!r}")
@@ -100,7 +102,8 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], spec: SampleSpec
     device = _resolve_device(generator, device)
     ctx = _Ctx(score, sde, spec, generator)
     with torch.no_grad():
-        x = initial_sample(sde, shape, spec, generator, device)
+        x = (initial_sample(sde, shape, spec, generator, device) if x_init is None
+             else _given_start(x_init, shape, device))
         for i, t_now in enumerate(times):
             final = i == len(times) - 1
             t_next = 0.0 if final else times[i + 1]
@@ -218,6 +221,13 @@ class _CountingScore:
                              f"got {got}")
         # A network run under autocast may answer in half precision; the sampler stays float32.
         return score.float()
+
+
+def _given_start(x_init: torch.Tensor, shape: tuple[int, ...], device) -> torch.Tensor:
+    shape = _check_shape(shape)
+    if tuple(x_init.shape) != shape:
+        raise ValueError(f"x_init: expected shape {shape}, got {tuple(x_init.shape)}")
+    return x_init.to(device=device, dtype=torch.float32)
 
 
 def _check_shape(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -79,3 +79,13 @@ def test_generate_each_code_source_is_finite_and_seeded(model_kw, sample_kw, n):
     assert (a.references is not None) == (sample_kw["code_source"] == "encoded")
     other = generate(model, spec.model_copy(update={"seed": 1}), images(), CPU)
     assert not torch.equal(a.images, other.images)
+
+
+def test_box_grid_covers_the_box_with_z0_rightwards_and_z1_upwards():
+    from drl_engine.generate import box_grid_codes
+    codes = box_grid_codes(3, (-6.0, -9.0), (-5.0, -7.0), "cpu")
+    assert codes.shape == (9, 2)
+    assert codes[0].tolist() == [-6.0, -7.0]      # top-left: smallest z[0], largest z[1]
+    assert codes[2].tolist() == [-5.0, -7.0]      # top-right
+    assert codes[-1].tolist() == [-5.0, -9.0]     # bottom-right
+    assert codes[4].tolist() == [-5.5, -8.0]      # centre of the box, not the origin

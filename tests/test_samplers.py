@@ -148,6 +148,27 @@ def test_ode_is_second_order(kind):
     assert _ode_path_error(kind, 50) / _ode_path_error(kind, 100) > 3.0
 
 
+@pytest.mark.parametrize("kind", ["ve", "vp"])
+def test_a_given_start_is_where_the_flow_begins(kind):
+    # The denoising swap starts from a real x_t, not a prior draw: the ODE must carry each
+    # given start exactly where the flow takes it (a start ignored or redrawn would not be).
+    sde = _sde(kind)
+    spec = SampleSpec(sampler="ode", steps=STEPS, t_init=0.5)
+    gen = torch.Generator().manual_seed(5)
+    x0 = M + S * torch.randn(SHAPE, generator=gen)
+    mean, std = sde.marginal_prob(x0, torch.full((SHAPE[0],), 0.5))
+    x_t = mean + std.view(-1, 1, 1, 1) * torch.randn(SHAPE, generator=gen)
+    images = sample(gaussian_score(sde), sde, SHAPE, spec, torch.Generator().manual_seed(0),
+                    x_init=x_t).images
+    assert (images.double() - _exact_ode_output(sde, x_t, spec)).abs().max().item() < 1e-3
+
+
+def test_a_given_start_of_the_wrong_shape_is_refused():
+    with pytest.raises(ValueError, match=r"x_init: expected shape \(8, 1, 4, 4\)"):
+        sample(gaussian_score(VESDE()), VESDE(), (8, 1, 4, 4), SampleSpec(steps=5),
+               x_init=torch.zeros(4, 1, 4, 4))
+
+
 def test_ode_draws_no_noise_after_the_start():
     sde, spec = VESDE(), SampleSpec(sampler="ode", steps=20)
     after_start = torch.Generator().manual_seed(3)

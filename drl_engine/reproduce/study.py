@@ -1,7 +1,6 @@
 """`run_reproduction`: load MNIST at the budget's size, run the selected sections, write the report.
 
-Sections run in priority order a, c, e, b (d is not implemented: it needs the sampler to
-start from a given x_t, which `samplers.sample` does not offer yet).
+Sections run in priority order a, c, e, d, b (d reuses e's DRL).
 """
 
 from __future__ import annotations
@@ -17,17 +16,14 @@ import torch
 from ..datasets import load_dataset
 from ..device import resolve_device
 from ..spec import DatasetSpec
-from . import accuracy_vs_t, latent_2d, single_t, t_init
+from . import accuracy_vs_t, denoising_swap, latent_2d, single_t, t_init
 from .budgets import get_budget
 from .context import Log, SectionResult, StudyContext
 from .report import SECTION_TITLES, write_report
 
 SECTIONS: dict[str, Callable[[StudyContext], SectionResult]] = {
-    "a": accuracy_vs_t.run, "c": latent_2d.run, "e": t_init.run, "b": single_t.run}
-NOT_IMPLEMENTED = {
-    "d": "Not yet implemented: the denoising swap needs the reverse SDE to start from a given "
-         "x_t; `samplers.sample` draws its own start from the prior, and the study does not "
-         "duplicate the sampler to get around it"}
+    "a": accuracy_vs_t.run, "c": latent_2d.run, "e": t_init.run, "d": denoising_swap.run,
+    "b": single_t.run}
 
 
 @dataclass
@@ -65,7 +61,7 @@ def run_reproduction(budget_name: str, out_dir: Path | str, *, data_dir: str | N
                      device: str = "auto", sections: Sequence[str] | None = None,
                      cache_dir: Path | None = None, log: Log = print,
                      command: str | None = None) -> Reproduction:
-    """Run the study at `budget_name` ('small', 'full'; 'tiny' for tests) into out_dir."""
+    """Run the study at `budget_name` ('small', 'full', 'paper'; 'tiny' for tests) into out_dir."""
     budget = get_budget(budget_name)
     selected = check_sections(sections)
     out_dir = Path(out_dir)
@@ -86,9 +82,6 @@ def run_reproduction(budget_name: str, out_dir: Path | str, *, data_dir: str | N
         if key in selected:
             log(f"section {key}: {SECTION_TITLES[key]}")
             results[key] = section(ctx)
-    for key, why in NOT_IMPLEMENTED.items():
-        if key in selected:
-            not_run[key] = why
     seconds = time.perf_counter() - start
     environment = (f"device {torch_device}, {torch.get_num_threads()} torch threads, "
                    f"{os.cpu_count()} CPUs visible")
