@@ -1,9 +1,7 @@
 """The baselines' decoder D(z): the encoder run backwards, i.e. the U-Net's up-sampling half.
 
     h = reshape(Dense(SiLU(Dense(SiLU(Dense(z))))), (C_last, s_last, s_last))   (mirrors Encoder.head)
-    h = Res(Attn(Res(h)))                                                       (the U-Net's middle)
-    per level, deepest first: num_res_blocks + 1 ResBlocks (+ attention at the configured
-        sides), then Upsample to the next level's side                          (ScoreUNet.up, no skips)
+    h = UpPath(h): the U-Net's middle and up-sampling half, without skips   (nets/unet.py)
     out = conv_out(SiLU(GN(h)))                                                 (B, C, H, W)
 
 No skip connections (there is no input to skip from) and no conditioning vector: AE, VAE and
@@ -17,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nets.layers import AttnBlock, ResBlock, Upsample, default_init_, group_norm, level_sides
-from ..nets.unet import attention_sides
+from ..nets.layers import default_init_, group_norm, level_sides
+from ..nets.unet import UpPath, attention_sides
 from ..spec import ModelSpec
 
 
@@ -36,39 +34,12 @@ class Decoder(nn.Module):
             nn.Linear(emb_dim, emb_dim), nn.SiLU(),
             nn.Linear(emb_dim, ch * self.in_side ** 2)))
 
-        def res(in_ch: int, out_ch: int) -> ResBlock:
-            return ResBlock(in_ch, out_ch, None, spec.dropout, spec.conditioning)
-
-        self.mid_res1 = res(ch, ch)
-        self.mid_attn = AttnBlock(ch, self.in_side) if self.in_side in attn else None
-        self.mid_res2 = res(ch, ch)
-        self.up = nn.ModuleList()
-        for level in reversed(range(len(spec.channel_mult))):
-            stage = nn.Module()
-            stage.blocks = nn.ModuleList()
-            for _ in range(spec.num_res_blocks + 1):
-                out_ch = nf * spec.channel_mult[level]
-                stage.blocks.append(res(ch, out_ch))
-                ch = out_ch
-            stage.attn = AttnBlock(ch, self.sides[level]) if self.sides[level] in attn else None
-            stage.upsample = Upsample(ch) if level > 0 else None
-            stage.target_side = self.sides[level - 1] if level > 0 else None
-            self.up.append(stage)
+        self.up_path = UpPath(spec, ch, self.sides, attn, emb_dim=None)
+        ch = self.up_path.out_channels
         self.norm_out = group_norm(ch)
         self.conv_out = default_init_(nn.Conv2d(ch, image_channels, 3, padding=1))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.head(z).view(-1, self.in_channels, self.in_side, self.in_side)
-        h = self.mid_res1(h, None)
-        if self.mid_attn is not None:
-            h = self.mid_attn(h)
-        h = self.mid_res2(h, None)
-        for stage in self.up:
-            for block in stage.blocks:
-                h = block(h, None)
-            if stage.attn is not None:
-                h = stage.attn(h)
-            if stage.upsample is not None:
-                side = stage.target_side
-                h = stage.upsample(h, (side, side))
+        h = self.up_path(h, None)
         return self.conv_out(F.silu(self.norm_out(h)))

@@ -114,6 +114,65 @@ class DownPath(nn.Module):
         return h, skips
 
 
+class UpPath(nn.Module):
+    """The U-Net's middle (Res, Attn, Res) and up-sampling half, shared by the score network
+    and the baselines' decoder.
+
+    Per level, deepest first: num_res_blocks + 1 ResBlocks (then attention when the level's
+    side is configured) and an Upsample to the next level's side. With `skip_channels` (the
+    score U-Net) each block first concatenates one skip connection of the DownPath, popped
+    from the end; without (the decoder, which has no input to skip from) nothing is
+    concatenated. emb_dim None builds unconditioned blocks.
+    """
+
+    def __init__(self, spec: ModelSpec, in_channels: int, sides: list[int], attn_sides: set[int],
+                 emb_dim: int | None, skip_channels: tuple[int, ...] | None = None):
+        super().__init__()
+        nf = spec.base_channels
+        self.sides = list(sides)
+        skip_ch = list(skip_channels or ())
+        self.uses_skips = skip_channels is not None
+
+        def res(in_ch: int, out_ch: int) -> ResBlock:
+            return ResBlock(in_ch, out_ch, emb_dim, spec.dropout, spec.conditioning)
+
+        ch = in_channels
+        self.mid_res1 = res(ch, ch)
+        self.mid_attn = AttnBlock(ch, sides[-1]) if sides[-1] in attn_sides else None
+        self.mid_res2 = res(ch, ch)
+        self.up = nn.ModuleList()
+        for level in reversed(range(len(spec.channel_mult))):
+            stage = nn.Module()
+            stage.blocks = nn.ModuleList()
+            for _ in range(spec.num_res_blocks + 1):
+                out_ch = nf * spec.channel_mult[level]
+                stage.blocks.append(res(ch + (skip_ch.pop() if self.uses_skips else 0), out_ch))
+                ch = out_ch
+            stage.attn = AttnBlock(ch, sides[level]) if sides[level] in attn_sides else None
+            stage.upsample = Upsample(ch) if level > 0 else None
+            stage.target_side = sides[level - 1] if level > 0 else None
+            self.up.append(stage)
+        assert not skip_ch, "every skip connection is consumed"
+        self.out_channels = ch
+
+    def forward(self, h: torch.Tensor, cond: torch.Tensor | None,
+                skips: list[torch.Tensor] | None = None) -> torch.Tensor:
+        h = self.mid_res1(h, cond)
+        if self.mid_attn is not None:
+            h = self.mid_attn(h)
+        h = self.mid_res2(h, cond)
+        for stage in self.up:
+            for block in stage.blocks:
+                h = block(torch.cat([h, skips.pop()], dim=1) if self.uses_skips else h, cond)
+            if stage.attn is not None:
+                h = stage.attn(h)
+            if stage.upsample is not None:
+                # Resize to the next level's side: undoes odd-sized downsampling (7 -> 14, 4 -> 7).
+                side = stage.target_side
+                h = stage.upsample(h, (side, side))
+        return h
+
+
 class ScoreUNet(nn.Module):
     """forward(x, noise_cond (B,), code (B, latent_dim)) -> raw output (B, image_channels, H, W).
 
@@ -136,33 +195,12 @@ class ScoreUNet(nn.Module):
         nf = spec.base_channels
         emb_dim = 4 * nf
 
-        def res(in_ch: int, out_ch: int) -> ResBlock:
-            return ResBlock(in_ch, out_ch, emb_dim, spec.dropout, spec.conditioning)
-
         self.temb = TimeEmbedding(time_embedding, nf, emb_dim)
         self.code_mlp = code_mlp(spec.latent_dim, emb_dim, spec.code_mlp_layers) if with_code else None
         self.down = DownPath(self.in_channels, image_size, spec, emb_dim, "score U-Net")
-        sides, attn = self.down.sides, self.down.attn_sides
-        skip_ch = list(self.down.skip_channels)
-        ch = self.down.out_channels
-
-        self.mid_res1 = res(ch, ch)
-        self.mid_attn = AttnBlock(ch, sides[-1]) if sides[-1] in attn else None
-        self.mid_res2 = res(ch, ch)
-
-        # Upsampling path: num_res_blocks + 1 blocks per level, each eating one skip.
-        self.up = nn.ModuleList()
-        for level in reversed(range(len(spec.channel_mult))):
-            stage = nn.Module()
-            stage.blocks = nn.ModuleList()
-            for _ in range(spec.num_res_blocks + 1):
-                out_ch = nf * spec.channel_mult[level]
-                stage.blocks.append(res(ch + skip_ch.pop(), out_ch))
-                ch = out_ch
-            stage.attn = AttnBlock(ch, sides[level]) if sides[level] in attn else None
-            stage.upsample = Upsample(ch) if level > 0 else None
-            self.up.append(stage)
-        assert not skip_ch, "every skip connection is consumed"
+        self.up_path = UpPath(spec, self.down.out_channels, self.down.sides, self.down.attn_sides,
+                              emb_dim, self.down.skip_channels)
+        ch = self.up_path.out_channels
 
         self.norm_out = group_norm(ch)
         self.conv_out = default_init_(nn.Conv2d(ch, image_channels, 3, padding=1))
@@ -181,17 +219,5 @@ class ScoreUNet(nn.Module):
             cond = self.temb(noise_cond) + self.code_mlp(code)
 
         h, skips = self.down(x, cond)
-        h = self.mid_res1(h, cond)
-        if self.mid_attn is not None:
-            h = self.mid_attn(h)
-        h = self.mid_res2(h, cond)
-
-        for stage in self.up:
-            for block in stage.blocks:
-                h = block(torch.cat([h, skips.pop()], dim=1), cond)
-            if stage.attn is not None:
-                h = stage.attn(h)
-            if stage.upsample is not None:
-                # Resize to the next skip's size: undoes odd-sized downsampling (7 -> 14, 4 -> 7).
-                h = stage.upsample(h, skips[-1].shape[-2:])
+        h = self.up_path(h, cond, skips)
         return self.conv_out(F.silu(self.norm_out(h)))
