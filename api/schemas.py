@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from drl_core.job_states import experiment_status, failed_job
+from drl_core.job_states import JobStatus, experiment_status, failed_job
 from drl_core.models import Experiment, Job
 from drl_engine.spec import SampleSpec
 
@@ -198,6 +198,52 @@ class ProbesOut(BaseModel):
     rows: list[dict[str, float | None]] = Field(description="one row per t: {t, column: value}")
     best: dict[str, BestT]
     t_values: list[float]
+
+
+class FDLeNetOut(BaseModel):
+    """A sample job's FD-LeNet (drl_engine/fd_lenet.py): the Frechet distance between the
+    drawn images and the test split in a small classifier's features; not an FID."""
+
+    value: float | None = Field(description="the distance (>= 0); null if not finite")
+    samples: int = Field(description="images the estimate used")
+    steps: int
+    name: str = Field(description="always 'FD-LeNet'")
+    reference: str = Field(description="the split compared against")
+    note: str | None = Field(default=None, description="why the value is biased, with few samples")
+
+
+class SampleOut(BaseModel):
+    """One sample job; the result fields are null until it succeeded."""
+
+    job_id: int
+    status: str
+    created_at: datetime
+    error: str | None
+    params: dict[str, Any] = Field(description="the sample settings the job draws with")
+    count: int | None = Field(default=None, description="images drawn")
+    sampler: str | None = None
+    steps: int | None = None
+    code_source: str | None = Field(default=None, description="null for a model without codes (vdm)")
+    fd_lenet: FDLeNetOut | None = Field(
+        default=None, description="null without labels in the dataset, or before success")
+    url: str | None = Field(default=None, description="the PNG, once the job succeeded")
+
+    @classmethod
+    def from_job(cls, job: Job, meta: dict[str, Any] | None) -> SampleOut:
+        """From the job row and its sample artifact's meta (None while there is none)."""
+        fields: dict[str, Any] = {
+            "job_id": job.id, "status": job.status, "created_at": job.created_at,
+            "error": job.error, "params": (job.params or {}).get("sample", {}),
+        }
+        if job.status == JobStatus.SUCCEEDED and meta is not None:
+            fd = meta.get("fd_lenet")
+            fields |= {
+                "count": meta.get("count"), "sampler": meta.get("sampler"),
+                "steps": meta.get("steps"), "code_source": meta.get("code_source"),
+                "fd_lenet": fd and {**fd, "value": finite_or_none(fd.get("value"))},
+                "url": f"/experiments/{job.experiment_id}/samples/{job.id}.png",
+            }
+        return cls(**fields)
 
 
 class EmbeddingItem(BaseModel):

@@ -25,7 +25,7 @@ class ArtifactKind(StrEnum):
     EMBEDDING = "embedding"   # meta {"split": "train"|"test", "t": 0.5}
     LABELS = "labels"         # meta {"split": ...}
     PROBES = "probes"         # meta {"format": "json"|"csv"|"png"}; the json row adds "best"
-    SAMPLE = "sample"         # meta {"job_id": N, "count", "sampler", "steps", "code_source"}
+    SAMPLE = "sample"         # meta {"job_id": N, "count", "sampler", "steps", "code_source", "fd_lenet" (when computed)}
     METRICS = "metrics"       # meta {"name": "bits_per_dim", "values": {...}}: what the file holds
 
 

@@ -8,7 +8,10 @@ grid and prior codes are fixed vectors.
 VDM kinds (`vdm_vae`, `vdm`) sample ancestrally with `sample.steps` steps (vdm/sampling.py);
 the SDE sampler settings (sampler, t_init, prior, snr, corrector_steps, eps) do not apply to
 them, and the unconditional `vdm` ignores `code_source`. `generate_interpolations` decodes
-codes on the segment between two images' codes (VDM-VAE).
+codes on the segment between two images' codes (VDM-VAE); `generate` dispatches to it for
+code_source 'interpolation', reading `sample.count` as pairs x points: INTERPOLATION_POINTS
+points per pair, pairs = max(1, count // INTERPOLATION_POINTS) (fewer when the source has
+fewer than 2 x pairs images), so the draw has pairs x INTERPOLATION_POINTS images.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ from .spec import SampleSpec
 from .vdm.model import VDMModel
 from .vdm.pixels import pixels_to_unit
 from .vdm.sampling import ancestral_sample, interpolate_codes
+
+
+# Decodes along each pair's segment, both ends included (code_source 'interpolation').
+INTERPOLATION_POINTS = 8
 
 
 @dataclass
@@ -64,7 +71,13 @@ def bind_score(model, x0: torch.Tensor | None, codes: torch.Tensor | None
 @torch.no_grad()
 def generate(model, spec: SampleSpec, x_source_uint8: torch.Tensor | None, device,
              progress: Callable[[int, int], None] | None = None) -> Generation:
-    """Draw samples per `spec`; `x_source_uint8` supplies the images for 'encoded' codes."""
+    """Draw samples per `spec`; `x_source_uint8` supplies the images for 'encoded' and
+    'interpolation' codes."""
+    if spec.code_source == "interpolation":
+        if not isinstance(model, VDMModel):   # the spec check refuses it; a bare SampleSpec may not
+            raise ValueError("sample.code_source 'interpolation' needs model.kind 'vdm_vae'")
+        return generate_interpolations(model, spec, x_source_uint8, device,
+                                       pairs=interpolation_pairs(spec.count))
     if isinstance(model, VDMModel):
         return generate_vdm(model, spec, x_source_uint8, device, progress)
     model.eval()
@@ -145,9 +158,14 @@ def generate_vdm(model: VDMModel, spec: SampleSpec, x_source_uint8: torch.Tensor
     return _vdm_generation(model, pixels_out, references, codes, spec.steps)
 
 
+def interpolation_pairs(count: int) -> int:
+    """How many image pairs a draw of `count` interpolation images walks between (>= 1)."""
+    return max(1, count // INTERPOLATION_POINTS)
+
+
 @torch.no_grad()
 def generate_interpolations(model: VDMModel, spec: SampleSpec, x_source_uint8: torch.Tensor,
-                            device, pairs: int = 4, points: int = 8) -> Generation:
+                            device, pairs: int = 4, points: int = INTERPOLATION_POINTS) -> Generation:
     """Decodes of `points` codes on the segment between the codes of images (0, 1), (2, 3), ...
 
     images: (pairs * points, C, H, W), pair by pair; references: (2 * pairs, ...), each pair's

@@ -8,8 +8,9 @@ Output layout (the service stores the same files under its artifact keys):
     DIR/samples.png
     DIR/metrics.json (spec, training summary, probe table with best t, sampling summary)
 
-VDM kinds add the test-set bits/dim and each ELBO term to metrics.json (`bits_per_dim`),
-and the FD-LeNet of samples.png's images against the test images (`fd_lenet`; needs labels).
+Every kind that samples adds the FD-LeNet of samples.png's images against the test images
+(`fd_lenet`; needs labels); VDM kinds add the test-set bits/dim and each ELBO term
+(`bits_per_dim`).
 `vdm_vae`: samples.png from z ~ N(0, I), plus reconstructions.png (test images over their
 reconstructions) and interpolations.png (each row: image a, decodes along the segment between
 the two codes, image b). `vdm` has no encoder: no embeddings or probes; samples.png is
@@ -125,6 +126,21 @@ def describe_bits_per_dim(bits: dict) -> str:
 FD_RELIABLE_SAMPLES = 1000
 
 
+def fd_lenet_skip_reason(dataset: ImageDataset, images: torch.Tensor) -> str | None:
+    """Why FD-LeNet cannot be computed for the drawn `images` (None: it can). LeNet is a
+    classifier; both feature sets need >= 2 images for a covariance; a diverged sampler's
+    NaN images have no features (and must not fail the run or job that stores them)."""
+    if dataset.y_train is None:
+        return f"dataset {dataset.name} has no labels to train LeNet on"
+    if len(images) < 2:
+        return f"it needs at least 2 samples, got {len(images)}"
+    if len(dataset.x_test) < 2:
+        return f"it needs at least 2 test images, dataset {dataset.name} has {len(dataset.x_test)}"
+    if not torch.isfinite(images).all():
+        return "some samples are not finite (the sampler diverged)"
+    return None
+
+
 def fd_lenet_report(gen: Generation, ds: ImageDataset, device) -> dict:
     """FD-LeNet of the generated images against the test split, with the sample count and steps."""
     n = len(gen.images)
@@ -224,11 +240,12 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
     timings["sample_s"] = time.perf_counter() - start
 
     fd = None
-    if gen is not None and entry.reports_bits_per_dim:
-        # samples.png's images are the prior samples (vdm_vae) or unconditional ones (vdm).
-        if ds.y_train is None or len(gen.images) < 2 or len(ds.x_test) < 2:
-            log(f"{FD_LENET} skipped: it needs labels (to train LeNet) and at least 2 samples "
-                "and 2 test images")
+    if gen is not None:
+        # samples.png's images: prior samples (vdm_vae), unconditional ones (vdm), or samples
+        # for the spec's code source (drl, vdrl); the service's sample jobs report the same.
+        skip = fd_lenet_skip_reason(ds, gen.images)
+        if skip is not None:
+            log(f"{FD_LENET} skipped: {skip}")
         else:
             start = time.perf_counter()
             fd = fd_lenet_report(gen, ds, device)

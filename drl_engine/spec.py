@@ -56,7 +56,10 @@ TSampling = Literal["uniform", "sigma_uniform", "fixed"]
 ProbeName = Literal["svc", "linear", "mlp", "silhouette"]
 SamplerName = Literal["pc", "euler_maruyama", "ode"]
 PriorName = Literal["gaussian", "uniform_gaussian"]
-CodeSource = Literal["encoded", "grid", "prior"]
+# Where a sample's codes come from: encoding test images (reconstructions), a grid over a 2-d
+# latent space, the prior N(0, I) (vdrl, vdm_vae), or the segments between the codes of pairs
+# of test images (vdm_vae; sample.count = pairs x points, drl_engine/generate.py).
+CodeSource = Literal["encoded", "grid", "prior", "interpolation"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 GammaSchedule = Literal["learned", "fixed"]
 
@@ -238,7 +241,8 @@ class ExperimentSpec(_Section):
 
     @model_validator(mode="after")
     def _cross_section(self) -> ExperimentSpec:
-        # vdm is unconditional: it ignores code_source, so any value is accepted for it.
+        # vdm is unconditional: it ignores code_source, so 'prior' is accepted for it; not
+        # 'interpolation', which promises codes between two images that vdm does not have.
         if self.sample.code_source == "prior" and self.model.kind not in ("vdrl", "vdm_vae", "vdm"):
             raise ValueError("sample.code_source 'prior' needs model.kind 'vdrl' or 'vdm_vae' "
                              "(a code distribution to draw from); use 'encoded' or 'grid'")
@@ -249,6 +253,10 @@ class ExperimentSpec(_Section):
         if self.model.encoder != required:
             raise ValueError(f"model.encoder: the {self.model.kind} baseline's encoder is "
                              f"{required!r} by definition, got {self.model.encoder!r}")
+        if self.sample.code_source == "interpolation" and self.model.kind != "vdm_vae":
+            raise ValueError("sample.code_source 'interpolation' needs model.kind 'vdm_vae' (its "
+                             "decoder walks between two images' codes), got "
+                             f"{self.model.kind!r}; use 'encoded' or 'grid'")
         if self.sample.code_source == "grid" and self.model.latent_dim != 2:
             raise ValueError("sample.code_source 'grid' needs model.latent_dim 2, "
                              f"got {self.model.latent_dim}")

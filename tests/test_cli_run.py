@@ -51,6 +51,8 @@ def test_run_digits_time_conditioned_writes_every_output(tmp_path):
     assert np.isfinite(metrics["train"]["final_loss"])
     assert metrics["encode"]["t_independent"] is False
     assert metrics["sample"]["finite"] is True
+    # Every kind that samples reports the FD-LeNet of samples.png, as the service's jobs do.
+    assert metrics["fd_lenet"]["samples"] == 4 and metrics["fd_lenet"]["value"] >= 0
 
     rows = read_probes(out / "probes.csv")
     assert list(rows[0]) == ["t", "svc_20", "svc_50", "linear", "mlp", "silhouette"]

@@ -4,7 +4,14 @@ import json
 
 import pytest
 
-from drl_engine.spec import DEFAULT_T_GRID, ExperimentSpec, SpecError, load_spec, parse_spec
+from drl_engine.spec import (
+    DEFAULT_T_GRID,
+    ExperimentSpec,
+    SpecError,
+    generation_sample_spec,
+    load_spec,
+    parse_spec,
+)
 
 
 def test_defaults_reproduce_the_paper():
@@ -41,6 +48,11 @@ def test_yaml_and_json_give_the_same_spec(tmp_path):
     ({"dataset": {"name": "npz"}}, "dataset.path", "required"),
     ({"sample": {"code_source": "prior"}}, "sample.code_source", "vdrl"),
     ({"sample": {"code_source": "grid"}}, "sample.code_source", "latent_dim 2"),
+    ({"sample": {"code_source": "interpolation"}}, "sample.code_source", "model.kind 'vdm_vae'"),
+    ({"model": {"kind": "vdrl"}, "sample": {"code_source": "interpolation"}}, "sample.code_source",
+     "got 'vdrl'"),
+    ({"model": {"kind": "vdm"}, "sample": {"code_source": "interpolation"}}, "sample.code_source",
+     "got 'vdm'"),
     ({"train": {"lr": "fast"}}, "train.lr", "valid number"),
 ])
 def test_invalid_values_name_the_field_and_what_is_allowed(data, field, expected):
@@ -70,3 +82,10 @@ def test_a_long_rejected_value_is_not_echoed_whole():
     with pytest.raises(SpecError) as err:
         parse_spec({"name": "x" * 10_000})
     assert "name" in str(err.value) and len(str(err.value)) < 300
+
+
+def test_interpolation_codes_are_a_vdm_vae_sample_source():
+    spec = parse_spec({"model": {"kind": "vdm_vae"}, "sample": {"code_source": "interpolation"}})
+    assert spec.sample.code_source == "interpolation"
+    # drl run's samples.png of a vdm_vae still draws z from the prior, whatever code_source says
+    assert generation_sample_spec(spec).code_source == "prior"

@@ -1,4 +1,5 @@
-"""Samples: request a sampling job; fetch its image grid as PNG when it is done."""
+"""Samples: request a sampling job; list an experiment's sample jobs with what they drew
+(count, sampler, steps, code source, FD-LeNet); fetch a job's image grid as PNG when done."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ from fastapi import APIRouter, Response, status
 from sqlalchemy.orm import Session
 
 from api.deps import SessionDep, StateDep, StoreDep
-from api.lookups import ExperimentId, JobId, describe_job, get_experiment, get_job
+from api.lookups import ExperimentId, JobId, artifacts_of, describe_job, get_experiment, get_job
 from api.problems import NOT_FOUND, NOT_READY, Problem, problem_responses, spec_problem
-from api.schemas import JobOut, SampleRequest
+from api.schemas import JobOut, SampleOut, SampleRequest
 from drl_core import experiments as service
-from drl_core.artifact_keys import sample_key
+from drl_core.artifact_keys import ArtifactKind, sample_key
 from drl_core.artifacts import ArtifactNotFound, ArtifactStore
 from drl_core.job_states import JobKind, JobStatus
 from drl_engine.spec import SpecError
@@ -27,7 +28,9 @@ def request_samples(experiment_id: ExperimentId, request: SampleRequest,  # type
                     session: SessionDep, state: StateDep) -> JobOut:
     """The body's fields override the experiment's `sample` section (sampler, steps, t_init,
     prior, code_source, count, seed, ...). The job runs once training has succeeded; 409 if
-    training failed or was cancelled. The PNG is at /experiments/{id}/samples/{job_id}.png."""
+    training failed or was cancelled. The PNG is at /experiments/{id}/samples/{job_id}.png.
+    `code_source: "interpolation"` (vdm_vae only) decodes codes between pairs of test images:
+    `count` is pairs x 8 points, pairs = max(1, count // 8); one PNG row per pair."""
     experiment = get_experiment(session, experiment_id)
     params = request.model_dump(exclude_none=True)
     try:
@@ -37,6 +40,21 @@ def request_samples(experiment_id: ExperimentId, request: SampleRequest,  # type
     except service.NotReady as err:
         raise Problem(409, str(err), type=NOT_READY, title="Not ready") from None
     return JobOut.from_job(job)
+
+
+@router.get("/experiments/{experiment_id}/samples", response_model=list[SampleOut],
+            summary="An experiment's sample jobs, newest first",
+            responses=problem_responses(401, 404, 422))
+def list_samples(experiment_id: ExperimentId, session: SessionDep) -> list[SampleOut]:
+    """Each sample job's settings and status; once it succeeded, what it drew (count, sampler,
+    steps, code_source), its FD-LeNet against the test split (null for a dataset without
+    labels) and the URL of its PNG."""
+    experiment = get_experiment(session, experiment_id)
+    meta_by_job = {row.meta.get("job_id", row.job_id): row.meta
+                   for row in artifacts_of(session, experiment_id, ArtifactKind.SAMPLE.value)}
+    jobs = sorted((j for j in experiment.jobs if j.kind == JobKind.SAMPLE), key=lambda j: j.id,
+                  reverse=True)   # ids grow with creation; created_at can tie
+    return [SampleOut.from_job(job, meta_by_job.get(job.id)) for job in jobs]
 
 
 def sample_png(experiment_id: int, job_id: int, session: Session, store: ArtifactStore) -> Response:

@@ -3,34 +3,87 @@
 The settings are the job's `params["sample"]` (validated and merged over the experiment's
 generation settings when the job was requested), else `spec.generation_sample_spec`: the
 spec's `sample` section, with z from the prior for vdm_vae. `generate` dispatches on the
-model (the SDE samplers for drl/vdrl, ancestral sampling for vdm/vdm_vae). Encoded codes
-come from the test split; the unconditional vdm has none and never loads the dataset.
+model (the SDE samplers for drl/vdrl, ancestral sampling for vdm/vdm_vae) and on the code
+source. Encoded and interpolated codes come from the test split.
+
+The PNG is the grid `drl run` draws for the same settings: reconstructions under their
+originals ('encoded'), one row per pair for 'interpolation' (source a, the decodes, source b:
+`save_interpolations`, as drl run's interpolations.png), else the samples alone.
+
+The artifact's meta reports what `drl run` reports of its samples: count, sampler, steps,
+code source, and `fd_lenet` (`fd_lenet_report`: the FD-LeNet of the drawn images against
+the test split) when the dataset has labels to train LeNet on and there are >= 2 images to
+compare. The LeNet is cached per dataset under $DRL_HOME/cache (fd_lenet's default, the
+same folder `drl run` uses), so only a dataset's first sample job trains it.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
+
 from drl_core.artifact_keys import ArtifactKind, sample_key
-from drl_engine.generate import generate
-from drl_engine.pipeline import sampler_name, save_generation
+from drl_engine.datasets import ImageDataset
+from drl_engine.fd_lenet import FD_LENET
+from drl_engine.generate import Generation, generate
+from drl_engine.pipeline import (fd_lenet_report, fd_lenet_skip_reason, sampler_name,
+                                 save_generation, save_interpolations)
 from drl_engine.spec import SampleSpec, generation_sample_spec, has_encoder
 from worker.context import JobContext
 from worker.jobs.common import job_dataset, job_device, load_trained_model
 
+# Code sources whose codes come from encoding the test split's images.
+CODES_FROM_IMAGES = ("encoded", "interpolation")
+
 
 def run(ctx: JobContext) -> None:
     kind = ctx.spec.model.kind
-    spec = (SampleSpec.model_validate(ctx.params["sample"]) if "sample" in ctx.params
-            else generation_sample_spec(ctx.spec))
+    spec = job_sample_spec(ctx)
     code_source = spec.code_source if has_encoder(kind) else None
     device = job_device(ctx)
     model = load_trained_model(ctx, device)
-    x_source = job_dataset(ctx).x_test if code_source == "encoded" else None
+    # Loaded for every kind: the source of encoded codes and FD-LeNet's reference images.
+    dataset = job_dataset(ctx)
+    x_source = dataset.x_test if code_source in CODES_FROM_IMAGES else None
     generation = generate(model, spec, x_source, device, progress=ctx.progress_check())
     path = ctx.workdir / "samples.png"
-    save_generation(generation, path)
+    save_sample_grid(generation, code_source, path)
     sampler = sampler_name(kind, spec)
-    ctx.store_file(sample_key(ctx.experiment_id, ctx.job_id), path, ArtifactKind.SAMPLE,
-                   {"job_id": ctx.job_id, "count": len(generation.images), "sampler": sampler,
-                    "steps": generation.result.steps, "code_source": code_source})
+    meta = {"job_id": ctx.job_id, "count": len(generation.images), "sampler": sampler,
+            "steps": generation.result.steps, "code_source": code_source}
     ctx.log(f"{len(generation.images)} samples ({sampler}, {generation.result.steps} steps"
             + (f", codes: {code_source}" if code_source else "") + ")")
+    ctx.check()   # FD-LeNet may train a LeNet first: not after a cancel
+    fd = sample_quality(ctx, generation, dataset, device)
+    if fd is not None:
+        meta["fd_lenet"] = fd
+    ctx.store_file(sample_key(ctx.experiment_id, ctx.job_id), path, ArtifactKind.SAMPLE, meta)
+
+
+def job_sample_spec(ctx: JobContext) -> SampleSpec:
+    """The requested settings, else the experiment's generation settings (pipeline job)."""
+    if "sample" in ctx.params:
+        return SampleSpec.model_validate(ctx.params["sample"])
+    return generation_sample_spec(ctx.spec)
+
+
+def save_sample_grid(generation: Generation, code_source: str | None, path: Path) -> None:
+    """The PNG drl run writes for these codes: interpolation rows, or samples (over originals)."""
+    if code_source == "interpolation":
+        save_interpolations(generation, path)
+    else:
+        save_generation(generation, path)
+
+
+def sample_quality(ctx: JobContext, generation: Generation, dataset: ImageDataset,
+                   device) -> dict | None:
+    """`fd_lenet_report` of the drawn images against the test split, or None with a log line."""
+    reason = fd_lenet_skip_reason(dataset, generation.images)
+    if reason is not None:
+        ctx.log(f"{FD_LENET} skipped: {reason}")
+        return None
+    report = fd_lenet_report(generation, dataset, device)
+    ctx.log(f"{FD_LENET} of {report['samples']} samples ({report['steps']} steps): "
+            f"{report['value']:.3f}")
+    return report
