@@ -2,6 +2,9 @@
 
 The app never creates or migrates the schema (`drl serve` and the deployment run the Alembic
 migrations; /readyz reports a database that is not at the newest one).
+
+/docs (Swagger UI) and /redoc are FastAPI's pages, but their JavaScript and CSS are served by
+the app itself (at /docs-static) instead of a CDN, so they work on a box without internet.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from api.deps import AppState, get_current_user
+from api.docs_pages import install_docs
 from api.problems import install_problem_handlers
 from api.request_limits import RequestLimitsMiddleware
 from api.routers import embeddings, experiments, health, jobs, metrics, probes, samples
@@ -22,13 +26,12 @@ Train diffusion-based representation learning models and serve what they learn: 
 at any diffusion time t, per-t probe accuracies, and generated samples.
 
 Errors are `application/problem+json` (RFC 9457). With authentication on, every endpoint
-but /healthz and /readyz needs `Authorization: Bearer <token>` (`drl token create NAME`).
+but /healthz, /readyz and these docs needs `Authorization: Bearer <token>` (`drl token create NAME`).
 """
 
 # Routers whose every endpoint needs a signed-in user when auth is on.
 PROTECTED = (experiments.router, jobs.router, embeddings.router, probes.router,
              metrics.router, samples.router)
-
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     state = AppState(settings or get_settings())
@@ -38,10 +41,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         state.close()
 
-    app = FastAPI(title="drl", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # docs_url, redoc_url None: FastAPI's own pages load their assets from a CDN (install_docs).
+    app = FastAPI(title="drl", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.state.drl = state
     install_problem_handlers(app)
     app.add_middleware(RequestLimitsMiddleware)
+    install_docs(app)
     app.include_router(health.router)
     for router in PROTECTED:
         # On the router, not on each endpoint, so no endpoint can forget it.

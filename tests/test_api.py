@@ -399,6 +399,8 @@ def test_embeddings_pages_equal_the_stored_array(
     params = {"experiment": experiment_id, "t": 0.5, "offset": 100, "limit": 50}
     response = client.get("/embeddings", params=params)
     assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["x-total-count"] == "300"
     page = response.json()
     assert {k: page[k] for k in ("experiment", "t", "split", "total", "offset", "limit", "dim")} == \
         {"experiment": experiment_id, "t": 0.5, "split": "test", "total": 300, "offset": 100,
