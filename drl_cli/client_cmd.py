@@ -98,6 +98,13 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--out", type=Path, required=True, help="output .npy file")
     p.set_defaults(func=embeddings)
 
+    p = sub.add_parser("samples", parents=[common],
+                       help="list an experiment's sample jobs with FD-LeNet; download their PNGs")
+    p.add_argument("id", type=int, help="experiment id")
+    p.add_argument("-o", "--out", type=Path, default=None,
+                   help="folder to write each finished job's grid to, as sample_<job>.png")
+    p.set_defaults(func=samples)
+
 
 def client_for(args: argparse.Namespace) -> ApiClient:
     url = args.url or os.environ.get("DRL_API_URL") or DEFAULT_URL
@@ -172,6 +179,23 @@ def embeddings(args: argparse.Namespace) -> int:
     return 0
 
 
+def samples(args: argparse.Namespace) -> int:
+    client = client_for(args)
+    try:
+        items = client.json("GET", f"/experiments/{args.id}/samples")
+        print(format_samples(items))
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            for item in items:
+                if item.get("url"):
+                    path = args.out / f"sample_{item['job_id']}.png"
+                    path.write_bytes(client.request("GET", item["url"]).content)
+                    print(f"wrote {path}")
+    finally:
+        client.close()
+    return 0
+
+
 # --- formatting --------------------------------------------------------------------------
 
 
@@ -214,3 +238,15 @@ def format_experiment(e: dict[str, Any]) -> str:
     if best:
         lines.append("best t: " + ", ".join(f"{k} {v['value']:.3f} at t={v['t']:g}" for k, v in best.items()))
     return "\n".join(lines)
+
+
+def format_samples(items: list[dict[str, Any]]) -> str:
+    rows = []
+    for s in items:
+        fd = s.get("fd_lenet") or {}
+        rows.append([str(s["job_id"]), s["status"], str(s.get("count") or ""), s.get("sampler") or "",
+                     str(s.get("steps") or ""), s.get("code_source") or "",
+                     "" if fd.get("value") is None else f"{fd['value']:.3f}"])
+    return (_table(["JOB", "STATUS", "COUNT", "SAMPLER", "STEPS", "CODES", "FD-LENET"], rows)
+            + f"\n({len(items)} sample jobs; FD-LeNet: Frechet distance to the test split in "
+              "LeNet features, not an FID)")

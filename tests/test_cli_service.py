@@ -140,6 +140,14 @@ def test_serve_submit_status_embeddings_and_clean_stop(served, tmp_path: Path) -
     codes = np.load(out)
     assert codes.shape == (120, 6) and codes.dtype == np.float32 and np.isfinite(codes).all()
 
+    # The pipeline's sample job, listed with its FD-LeNet, and its PNG downloaded.
+    listed = drl("samples", str(experiment_id), "-o", str(tmp_path / "png"), "--url", url, env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(r"^\d+\s+succeeded\s+\d+\s+pc\s+\d+\s+encoded\s+\d+\.\d{3}$", listed.stdout,
+                     re.M), listed.stdout
+    pngs = list((tmp_path / "png").glob("sample_*.png"))
+    assert len(pngs) == 1 and pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
     # errors: one line, 2 for a 4xx
     missing = drl("embeddings", str(experiment_id), "--t", "0.3", "-o", str(out), "--url", url, env=env)
     assert missing.returncode == 2 and "computed t: 0, 0.5, 1" in missing.stderr
