@@ -20,6 +20,14 @@ from .spec import ExperimentSpec, SpecError
 SUPPORTED_KINDS = ("drl", "vdrl")
 
 
+def square_image_shape(image_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(channels, side) of a (C, H, W) shape with H == W: every network here is built for
+    square images (the U-Net's sides halve together)."""
+    if len(image_shape) != 3 or image_shape[1] != image_shape[2] or min(image_shape) < 1:
+        raise ValueError(f"image_shape: expected (C, H, W) with H == W, got {tuple(image_shape)}")
+    return int(image_shape[0]), int(image_shape[1])
+
+
 class OnSDEDataRange:
     """What every model working in an SDE's data range shares (DRLModel, the baselines):
     the code size and the map between uint8 pixels and that range. Needs `spec` and `sde`."""
@@ -47,9 +55,7 @@ class DRLModel(OnSDEDataRange, nn.Module):
         model = spec.model
         if model.kind not in SUPPORTED_KINDS:
             raise SpecError(f"model.kind: no model for {model.kind!r}; expected one of {list(SUPPORTED_KINDS)}")
-        if len(image_shape) != 3 or image_shape[1] != image_shape[2] or min(image_shape) < 1:
-            raise ValueError(f"image_shape: expected (C, H, W) with H == W, got {tuple(image_shape)}")
-        channels, size, _ = (int(s) for s in image_shape)
+        channels, size = square_image_shape(image_shape)
 
         self.spec = spec
         self.image_shape = (channels, size, size)

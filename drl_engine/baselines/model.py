@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..model import OnSDEDataRange
+from ..model import OnSDEDataRange, square_image_shape
 from ..nets import Encoder, ScoreUNet
 from ..nets.layers import default_init_
 from ..sde import _bcast, build_sde
@@ -46,9 +46,7 @@ class BaselineModel(OnSDEDataRange, nn.Module):
         kind = spec.model.kind
         if kind not in BASELINE_KINDS:
             raise SpecError(f"model.kind: BaselineModel builds {list(BASELINE_KINDS)}, got {kind!r}")
-        if len(image_shape) != 3 or image_shape[1] != image_shape[2] or min(image_shape) < 1:
-            raise ValueError(f"image_shape: expected (C, H, W) with H == W, got {tuple(image_shape)}")
-        channels, size, _ = (int(s) for s in image_shape)
+        channels, size = square_image_shape(image_shape)
         model = spec.model
 
         self.spec = spec

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..model import square_image_shape
 from ..nets import Encoder, ScoreUNet
 from ..spec import VDM_KINDS, ExperimentSpec, SpecError
 from .fourier import fourier_channels, with_fourier_features
@@ -37,9 +38,7 @@ class VDMModel(nn.Module):
         kind = spec.model.kind
         if kind not in VDM_KINDS:
             raise SpecError(f"model.kind: VDMModel builds {list(VDM_KINDS)}, got {kind!r}")
-        if len(image_shape) != 3 or image_shape[1] != image_shape[2] or min(image_shape) < 1:
-            raise ValueError(f"image_shape: expected (C, H, W) with H == W, got {tuple(image_shape)}")
-        channels, size, _ = (int(s) for s in image_shape)
+        channels, size = square_image_shape(image_shape)
 
         self.spec = spec
         self.kind = kind
