@@ -37,6 +37,25 @@ IMAGE_DIR = "vdm_vae"
 
 
 @dataclass(frozen=True)
+class Cell:
+    """One run of the study: a model kind at a decoder width, optionally with free bits."""
+
+    kind: str
+    width: int
+    free_bits: float = 0.0
+
+    @property
+    def name(self) -> str:
+        """Its run folder and image name: vdm_vae_c8, vdm_c16, vdm_vae_fb0.5_c8."""
+        return f"{self.kind}{f'_fb{self.free_bits:g}' if self.free_bits else ''}_c{self.width}"
+
+    @property
+    def label(self) -> str:
+        """Its name in the report's tables."""
+        return f"{self.kind} (free bits {self.free_bits:g})" if self.free_bits else self.kind
+
+
+@dataclass(frozen=True)
 class StudyBudget:
     name: str
     description: str
@@ -60,6 +79,18 @@ class StudyBudget:
     label_budgets: tuple[int, ...]    # SVC probes of z (vdm_vae)
     probe_train_limit: int | None
     seed: int = 0
+    # One more cell, when > 0: vdm_vae at the narrowest width trained with free bits (each
+    # latent dimension's KL counted as at least this many nats), to see whether a decoder
+    # that ignores z under the plain ELBO uses it once a little information is free.
+    free_bits: float = 0.0
+
+    def cells(self) -> list[Cell]:
+        """Every run of the study, in report order: per width vdm_vae and vdm, then the
+        free-bits vdm_vae (if any)."""
+        cells = [Cell(kind, width) for width in self.widths for kind in KINDS]
+        if self.free_bits > 0:
+            cells.append(Cell("vdm_vae", self.widths[0], self.free_bits))
+        return cells
 
     def as_rows(self) -> list[tuple[str, str]]:
         """(setting, value) pairs for the report's budget table."""
@@ -72,7 +103,8 @@ STUDY_BUDGETS: dict[str, StudyBudget] = {
         dataset="digits", train_limit=200, test_limit=40, widths=(4, 8), channel_mult=(1,),
         num_res_blocks=1, attn_resolutions=(), dropout=0.0, latent_dim=2, iterations=4,
         batch_size=16, lr=5e-3, warmup=0, ema_decay=0.0, schedule_features=16,
-        sample_count=8, sample_steps=4, label_budgets=(20,), probe_train_limit=None),
+        sample_count=8, sample_steps=4, label_budgets=(20,), probe_train_limit=None,
+        free_bits=0.5),
     "small": StudyBudget(
         name="small",
         description="2 CPU cores, about 10 minutes with OMP_NUM_THREADS=1: small U-Nets, an MNIST subset, 500 steps",
@@ -87,7 +119,8 @@ STUDY_BUDGETS: dict[str, StudyBudget] = {
         dataset="mnist", train_limit=20_000, test_limit=2000, widths=(8, 16), channel_mult=(1, 2),
         num_res_blocks=1, attn_resolutions=(), dropout=0.0, latent_dim=8, iterations=2000,
         batch_size=32, lr=2e-3, warmup=100, ema_decay=0.995, schedule_features=256,
-        sample_count=500, sample_steps=100, label_budgets=(100, 1000), probe_train_limit=None),
+        sample_count=500, sample_steps=100, label_budgets=(100, 1000), probe_train_limit=None,
+        free_bits=0.5),
     "paper": StudyBudget(
         name="paper",
         description="a GPU: all of MNIST, paper-size U-Nets, 80k steps, 10k samples of 1000 steps",
@@ -95,7 +128,7 @@ STUDY_BUDGETS: dict[str, StudyBudget] = {
         channel_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(7,), dropout=0.1,
         latent_dim=32, iterations=80_000, batch_size=128, lr=2e-4, warmup=5000,
         ema_decay=0.9999, schedule_features=1024, sample_count=10_000, sample_steps=1000,
-        label_budgets=(100, 1000), probe_train_limit=None),
+        label_budgets=(100, 1000), probe_train_limit=None, free_bits=0.5),
 }
 
 
@@ -106,16 +139,16 @@ def get_budget(name: str) -> StudyBudget:
 
 
 def study_spec(budget: StudyBudget, kind: str, width: int, data_dir: str | None = None,
-               device: str = "auto") -> ExperimentSpec:
+               device: str = "auto", free_bits: float = 0.0) -> ExperimentSpec:
     """The `drl run` spec of one cell of the study: `kind` at decoder width `width`."""
     return parse_spec({
-        "name": f"vdm-study {budget.name}: {kind} c{width}",
+        "name": f"vdm-study {budget.name}: {Cell(kind, width, free_bits).name}",
         "dataset": {"name": budget.dataset, "data_dir": data_dir,
                     "train_limit": budget.train_limit, "test_limit": budget.test_limit},
         "model": {"kind": kind, "latent_dim": budget.latent_dim, "base_channels": width,
                   "channel_mult": list(budget.channel_mult), "num_res_blocks": budget.num_res_blocks,
                   "attn_resolutions": list(budget.attn_resolutions), "dropout": budget.dropout},
-        "vdm": {"schedule_features": budget.schedule_features},
+        "vdm": {"schedule_features": budget.schedule_features, "free_bits": free_bits},
         "train": {"iterations": budget.iterations, "batch_size": budget.batch_size,
                   "lr": budget.lr, "warmup": budget.warmup, "ema_decay": budget.ema_decay,
                   "seed": budget.seed, "checkpoint_every": budget.iterations,
@@ -130,8 +163,7 @@ def study_spec(budget: StudyBudget, kind: str, width: int, data_dir: str | None 
 
 @dataclass
 class StudyRow:
-    kind: str
-    width: int
+    cell: Cell
     parameters: int                   # the whole model's: decoder (+ schedule) and encoder
     encoder_parameters: int           # 0 for vdm
     steps: int
@@ -142,6 +174,14 @@ class StudyRow:
     seconds: float
     run_dir: Path
     samples_png: str | None = None    # relative to the report
+
+    @property
+    def kind(self) -> str:
+        return self.cell.kind
+
+    @property
+    def width(self) -> int:
+        return self.cell.width
 
 
 @dataclass
@@ -161,12 +201,12 @@ def count_parameters(spec: ExperimentSpec, image_shape: tuple[int, int, int]) ->
             sum(p.numel() for p in encoder.parameters()) if encoder is not None else 0)
 
 
-def run_cell(budget: StudyBudget, kind: str, width: int, ds: ImageDataset, runs_dir: Path,
+def run_cell(budget: StudyBudget, cell: Cell, ds: ImageDataset, runs_dir: Path,
              image_dir: Path, data_dir: str | None, device: str, log: Log) -> StudyRow:
-    """Train and evaluate one (kind, width) with `run_experiment`; copy its samples.png."""
-    spec = study_spec(budget, kind, width, data_dir, device)
-    run_dir = runs_dir / f"{kind}_c{width}"
-    log(f"--- {kind}, base_channels {width}: {budget.iterations} steps -> {run_dir}")
+    """Train and evaluate one cell with `run_experiment`; copy its samples.png."""
+    spec = study_spec(budget, cell.kind, cell.width, data_dir, device, cell.free_bits)
+    run_dir = runs_dir / cell.name
+    log(f"--- {cell.label}, base_channels {cell.width}: {budget.iterations} steps -> {run_dir}")
     start = time.perf_counter()
     summary = run_experiment(spec, run_dir, log=log, dataset=ds, on_train_progress=lambda p: log(
         f"step {p.step}/{p.total}: loss {p.loss:.4g} bits/dim, {p.images_per_s:.0f} images/s"))
@@ -175,10 +215,10 @@ def run_cell(budget: StudyBudget, kind: str, width: int, ds: ImageDataset, runs_
     bits = metrics["bits_per_dim"]
     params, encoder_params = count_parameters(spec, ds.image_shape)
     image_dir.mkdir(parents=True, exist_ok=True)
-    png = image_dir / f"{kind}_c{width}_samples.png"
+    png = image_dir / f"{cell.name}_samples.png"
     shutil.copyfile(run_dir / "samples.png", png)
     data_dims = math.prod(ds.image_shape)
-    return StudyRow(kind, width, params, encoder_params, metrics["train"]["steps"], bits,
+    return StudyRow(cell, params, encoder_params, metrics["train"]["steps"], bits,
                     metrics["fd_lenet"], summary.probes.best() if summary.probes else None,
                     bits["kl"] * data_dims * math.log(2.0), seconds, run_dir,
                     f"{image_dir.name}/{png.name}")
@@ -199,8 +239,8 @@ def run_vdm_study(budget: str | StudyBudget, out_dir: str | Path, *, data_dir: s
     start = time.perf_counter()
     # One load for every cell: they share the data.
     ds = load_dataset(study_spec(budget, KINDS[0], budget.widths[0], data_dir, device).dataset)
-    rows = [run_cell(budget, kind, width, ds, runs_dir, out_dir / IMAGE_DIR, data_dir, device, log)
-            for width in budget.widths for kind in KINDS]
+    rows = [run_cell(budget, cell, ds, runs_dir, out_dir / IMAGE_DIR, data_dir, device, log)
+            for cell in budget.cells()]
     result = StudyResult(budget, rows, out_dir / REPORT_NAME, time.perf_counter() - start, command)
     out_dir.mkdir(parents=True, exist_ok=True)
     result.report.write_text(render_report(result, ds))
@@ -221,7 +261,7 @@ def results_table(rows: list[StudyRow]) -> str:
         b = r.bits
         probe = (r.probe_best or {}).get("linear")
         lines.append(
-            f"| {r.width} | {r.kind} | {r.parameters - r.encoder_parameters:,} | "
+            f"| {r.width} | {r.cell.label} | {r.parameters - r.encoder_parameters:,} | "
             f"{r.encoder_parameters:,} | {r.steps} | {_fmt(b['total'])} | "
             f"{_fmt(b['diffusion'])} | {_fmt(b['prior'])} | {_fmt(b['reconstruction'])} | "
             f"{_fmt(b['kl'])} | {_fmt(r.kl_nats_per_image, 2)} | "
@@ -233,7 +273,7 @@ def results_table(rows: list[StudyRow]) -> str:
 def comparison_lines(rows: list[StudyRow]) -> list[str]:
     """Per width: vdm_vae minus vdm in bits/dim and FD-LeNet (negative = the VAE is better)."""
     lines = []
-    by_key = {(r.kind, r.width): r for r in rows}
+    by_key = {(r.kind, r.width): r for r in rows if not r.cell.free_bits}
     for width in sorted({r.width for r in rows}):
         vae, base = by_key.get(("vdm_vae", width)), by_key.get(("vdm", width))
         if not (vae and base):
@@ -254,7 +294,8 @@ def reading_notes(rows: list[StudyRow]) -> list[str]:
     """What the table can and cannot say, from its own numbers."""
     notes = ["- One seed per cell and one stochastic ELBO estimate per test image: there are no "
              "error bars, so small differences between cells are not evidence of an effect."]
-    collapsed = [r for r in rows if r.kind == "vdm_vae" and r.kl_nats_per_image < COLLAPSE_NATS]
+    elbo_vaes = [r for r in rows if r.kind == "vdm_vae" and not r.cell.free_bits]
+    collapsed = [r for r in elbo_vaes if r.kl_nats_per_image < COLLAPSE_NATS]
     if collapsed:
         notes.append(
             "- Does the VAE use z? Hardly: the KL is below "
@@ -264,13 +305,38 @@ def reading_notes(rows: list[StudyRow]) -> list[str]:
             "plus an encoder. The linear probe reads the encoder mean, which can still separate "
             "classes while its spread is tiny next to the prior's; the KL, not the probe, "
             "measures how much the decoder gets.")
-    used = [r for r in rows if r.kind == "vdm_vae" and r.kl_nats_per_image >= COLLAPSE_NATS]
+    used = [r for r in elbo_vaes if r.kl_nats_per_image >= COLLAPSE_NATS]
     if used:
         notes.append(f"- At base_channels {', '.join(str(r.width) for r in used)} the VAE "
                      "transmits information through z (KL of at least "
                      f"{COLLAPSE_NATS:g} nat per image).")
+    notes += free_bits_notes(rows)
     notes.append(f"- {FD_LENET} is a LeNet feature distance on this dataset, not an FID; it is "
                  "comparable only between rows of this table (same LeNet, same sample count).")
+    return notes
+
+
+def free_bits_notes(rows: list[StudyRow]) -> list[str]:
+    """The free-bits cell against the plain ELBO VAE of its width."""
+    plain = {r.width: r for r in rows if r.kind == "vdm_vae" and not r.cell.free_bits}
+    notes = []
+    for r in rows:
+        base = plain.get(r.width)
+        if not r.cell.free_bits or base is None:
+            continue
+        probe, base_probe = ((x.probe_best or {}).get("linear") for x in (r, base))
+        used = r.kl_nats_per_image >= COLLAPSE_NATS
+        notes.append(
+            f"- Free bits ({r.cell.free_bits:g} nats per latent dimension, base_channels "
+            f"{r.width}): trained on the ELBO with each dimension's KL floored, so training is "
+            "*not* on the ELBO; the bits/dim in the table is still the true test ELBO at KL "
+            f"weight 1. KL {r.kl_nats_per_image:.2f} vs {base.kl_nats_per_image:.2f} nats per "
+            f"image without free bits; bits/dim {_fmt(r.bits['total'])} vs "
+            f"{_fmt(base.bits['total'])}; linear probe on z "
+            f"{_fmt(probe['value']) if probe else 'n/a'} vs "
+            f"{_fmt(base_probe['value']) if base_probe else 'n/a'}. "
+            + ("The decoder does use z once some information is free."
+               if used else "Even with free bits the decoder hardly uses z at this budget."))
     return notes
 
 
@@ -290,8 +356,11 @@ def render_report(result: StudyResult, ds: ImageDataset) -> str:
         "",
         "Each decoder width trains the same conditional VDM decoder twice at an equal number "
         "of steps: `vdm_vae` (encoder q(z|x), prior N(0, I), the ELBO at KL weight 1) and the "
-        "unconditional `vdm`. Bits/dim is the test-set negative ELBO (one stochastic estimate "
-        "per image, seeded), with every term; for `vdm` the KL term is 0 by construction. "
+        "unconditional `vdm`" + (f"; one more `vdm_vae` at base_channels {b.widths[0]} trains "
+                                  f"with free bits ({b.free_bits:g} nats per latent dimension), "
+                                  "reported as such" if b.free_bits else "")
+        + ". Bits/dim is the test-set negative ELBO (one stochastic estimate per image, "
+        "seeded), with every term; for `vdm` the KL term is 0 by construction. "
         f"{FD_LENET} (the Frechet distance in the features of a LeNet trained on the dataset, "
         "not an FID) compares samples.png's images, z ~ N(0, I) for `vdm_vae` and "
         "unconditional for `vdm`, with the test images. The linear probe is the accuracy of "
@@ -324,11 +393,12 @@ def render_report(result: StudyResult, ds: ImageDataset) -> str:
         parts += [f"{FD_LENET} note: {small_note}.", ""]
     parts += ["## How to read it", "", *reading_notes(rows), ""]
     parts += ["Time per run (train + evaluate + sample): " + ", ".join(
-        f"{r.kind} c{r.width} {r.seconds:.0f} s" for r in rows) + ".", ""]
+        f"{r.cell.name} {r.seconds:.0f} s" for r in rows) + ".", ""]
     parts += ["## Samples from the prior", ""]
     for r in rows:
         if r.samples_png:
-            parts += [f"{r.kind}, base_channels {r.width}:", "", f"![{r.kind} c{r.width}]({r.samples_png})", ""]
+            parts += [f"{r.cell.label}, base_channels {r.width}:", "",
+                      f"![{r.cell.name}]({r.samples_png})", ""]
     parts += ["## Budget", "", "| setting | value |", "|---|---|",
               *[f"| {k} | {v} |" for k, v in b.as_rows()], ""]
     return "\n".join(parts)

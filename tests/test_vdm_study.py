@@ -74,7 +74,8 @@ def test_tiny_study_writes_the_report_with_consistent_numbers(tmp_path):
     result = run_vdm_study("tiny", tmp_path / "docs", runs_dir=tmp_path / "runs", device="cpu",
                            log=lambda _: None)
     budget = STUDY_BUDGETS["tiny"]
-    assert [(r.width, r.kind) for r in result.rows] == [(w, k) for w in budget.widths for k in KINDS]
+    assert [(r.width, r.kind, r.cell.free_bits) for r in result.rows] == [
+        *((w, k, 0.0) for w in budget.widths for k in KINDS), (budget.widths[0], "vdm_vae", 0.5)]
     for row in result.rows:
         bits = row.bits
         assert all(math.isfinite(bits[name]) for name in (*TERMS, "total"))
@@ -96,9 +97,11 @@ def test_tiny_study_writes_the_report_with_consistent_numbers(tmp_path):
     assert len(table) == len(result.rows)
     for line, row in zip(table, result.rows):
         cells = [c.strip() for c in line.strip("|").split("|")]
-        assert cells[:2] == [str(row.width), row.kind]
+        assert cells[:2] == [str(row.width), row.cell.label]
         assert float(cells[5]) == pytest.approx(row.bits["total"], abs=1e-4)
         assert float(cells[11]) == pytest.approx(row.fd["value"], abs=1e-3)
+    # The free-bits cell trained with free bits and is reported as such, against its width's ELBO VAE.
+    assert "vdm_vae (free bits 0.5)" in report and "not* on the ELBO" in report
     # The runs' checkpoints stay out of the report folder.
     assert not list((tmp_path / "docs").rglob("*.pt"))
 
