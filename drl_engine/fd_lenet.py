@@ -11,7 +11,10 @@ Network (LeNet-5 layout, made size-agnostic so 16x16 digits, 28x28 MNIST and 32x
     dense 84 -> num_classes
 Inputs are images in [0, 1], standardised as (x - 0.5) / 0.5.
 
-Training: Adam, cross-entropy, seeded (`LeNetSettings`); the trained weights are cached as
+Training: Adam, cross-entropy, seeded (`LeNetSettings`), for `epochs` passes but at least
+`min_steps` optimizer steps: 3 epochs of all of MNIST (1,407 steps) reach 96% test accuracy,
+while 3 epochs of a 10k subset (237 steps) stopped at 79%, too weak a classifier to label
+samples or to give features worth comparing. The trained weights are cached as
 `<cache_dir>/fd_lenet/<dataset>_<C>x<H>x<W>_<key>.pt`, where the key hashes the settings, the
 number of training images and their bytes, so a rerun reuses the network and any change to
 what it would be trained on trains a new one. cache_dir defaults to $DRL_HOME/cache (DRL_HOME
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import warnings
@@ -79,6 +83,12 @@ class LeNetSettings:
     batch_size: int = 128
     lr: float = 1e-3
     seed: int = 0
+    min_steps: int = 1400   # small training sets get more epochs (see the module docstring)
+
+    def epochs_for(self, train_images: int) -> int:
+        """`epochs`, raised until the passes over `train_images` make `min_steps` steps."""
+        per_epoch = max(1, math.ceil(train_images / self.batch_size))
+        return max(self.epochs, math.ceil(self.min_steps / per_epoch))
 
 
 @dataclass
@@ -137,7 +147,7 @@ def train_lenet(dataset: ImageDataset, settings: LeNetSettings = LeNetSettings()
     generator = torch.Generator().manual_seed(settings.seed)
     x_train, y_train = dataset.x_train.cpu(), dataset.y_train.cpu()
     model.train()
-    for _ in range(settings.epochs):
+    for _ in range(settings.epochs_for(len(x_train))):
         order = torch.randperm(len(x_train), generator=generator)
         for start in range(0, len(order), settings.batch_size):
             idx = order[start:start + settings.batch_size]

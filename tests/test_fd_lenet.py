@@ -13,7 +13,7 @@ from drl_engine.fd_lenet import (FEATURE_DIM, LeNetSettings, as_unit_images, fd_
                                  load_or_train_lenet, trace_sqrt_product)
 
 METHODS = ["scipy", "eigh"]
-FAST = LeNetSettings(epochs=8, batch_size=64)   # ~180 steps on 1,438 digits
+FAST = LeNetSettings(epochs=8, batch_size=64, min_steps=0)   # ~180 steps on 1,438 digits
 
 
 def random_spd(d: int, seed: int) -> np.ndarray:
@@ -94,7 +94,7 @@ def test_lenet_is_trained_once_then_reused_from_the_cache(digits, cache_dir):
     np.testing.assert_allclose(lenet_features(second.model, x), lenet_features(first.model, x), rtol=1e-6)
 
     # Other settings or other training data: another network, another file.
-    other = load_or_train_lenet(digits, cache_dir, LeNetSettings(epochs=1, batch_size=64))
+    other = load_or_train_lenet(digits, cache_dir, LeNetSettings(epochs=1, batch_size=64, min_steps=0))
     assert other.trained and other.path != first.path
 
 
@@ -111,3 +111,12 @@ def test_fd_lenet_of_the_test_set_itself_is_zero_and_grows_with_noise(digits, ca
         fd_lenet(digits.x_train[:300].float() / 255.0, digits, cache_dir, FAST), rel=1e-5)
     with pytest.raises(ValueError, match=r"samples: expected images of shape \(1, 16, 16\)"):
         fd_lenet(torch.zeros(4, 1, 8, 8), digits, cache_dir, FAST)
+
+
+def test_small_training_sets_get_enough_steps_and_large_ones_their_epochs():
+    settings = LeNetSettings()   # 3 epochs, batch 128, at least 1400 steps
+    assert settings.epochs_for(60_000) == 3                  # 469 steps per epoch: 1,407 steps
+    assert settings.epochs_for(10_000) == 18                 # 79 per epoch: 1,422 steps
+    assert settings.epochs_for(10_000) * 79 >= settings.min_steps
+    assert LeNetSettings(min_steps=0).epochs_for(10_000) == 3
+

@@ -84,7 +84,7 @@ def swap_figure(ctx: StudyContext, model, t: float, name: str) -> str:
     samples = denoise_with_codes(ctx, model, x_t[rows.reshape(-1)], codes[cols.reshape(-1)], t,
                                  b.seed)
     shown_start = from_model_range(x_t, model.sde.data_range).clamp(0, 1).cpu()
-    header = torch.cat([torch.ones(1, *sources.shape[1:]), sources.float().cpu() / 255.0])
+    header = torch.cat([torch.zeros(1, *sources.shape[1:]), sources.float().cpu() / 255.0])
     cells = [header]
     for i in range(n):
         cells += [shown_start[i:i + 1], samples[i * n:(i + 1) * n]]
