@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from ..datasets import from_model_range, to_model_range
+from ..encode import encode_images
 from ..fd_lenet import load_or_train_lenet, predict_labels
 from ..generate import decode_codes
 from ..plots import save_image_grid
@@ -45,16 +45,16 @@ def swap_pairs(y: torch.Tensor, count: int, seed: int) -> tuple[torch.Tensor, to
     return a[keep][:count], b[keep][:count]
 
 
-@torch.no_grad()
 def encode_static(model, x_uint8: torch.Tensor, device) -> torch.Tensor:
-    """The static code E(x0) of each image (the swap's DRL has a t-independent encoder)."""
-    return model.encode(to_model_range(x_uint8.to(device), model.sde.data_range), None)
+    """The static code E(x0) of each image, on `device` (the swap's DRL is t-independent)."""
+    batch = model.spec.evaluate.batch_size
+    return torch.from_numpy(encode_images(model, x_uint8, None, batch, device)).to(device)
 
 
 @torch.no_grad()
 def noised(model, x_uint8: torch.Tensor, t: float, gen: torch.Generator, device) -> torch.Tensor:
     """x_t ~ p_0t(. | x0) in the model's data range: the SDE's marginal at t."""
-    x0 = to_model_range(x_uint8.to(device), model.sde.data_range)
+    x0 = model.pixels_to_model_range(x_uint8.to(device))
     mean, std = model.sde.marginal_prob(x0, torch.full((len(x0),), t, device=device))
     noise = torch.randn(x0.shape, generator=gen, device=device)
     return mean + std.view(-1, *([1] * (x0.dim() - 1))) * noise
@@ -83,7 +83,7 @@ def swap_figure(ctx: StudyContext, model, t: float, name: str) -> str:
     rows, cols = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
     samples = denoise_with_codes(ctx, model, x_t[rows.reshape(-1)], codes[cols.reshape(-1)], t,
                                  b.seed)
-    shown_start = from_model_range(x_t, model.sde.data_range).clamp(0, 1).cpu()
+    shown_start = model.model_range_to_unit(x_t).clamp(0, 1).cpu()
     header = torch.cat([torch.zeros(1, *sources.shape[1:]), sources.float().cpu() / 255.0])
     cells = [header]
     for i in range(n):
