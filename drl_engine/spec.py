@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_T_GRID = [round(0.1 * i, 1) for i in range(11)]
 
@@ -74,6 +74,20 @@ class SpecError(ValueError):
     """An invalid spec; the message names the field (dotted path) and what was expected."""
 
 
+def refuse_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL byte (\\x00)")
+    return value
+
+
+# Free text that reaches a file path or a database text column, neither of which can hold a
+# NUL byte (the OS refuses one in a path, PostgreSQL in text): refused where a spec enters,
+# naming the field, rather than failing later in a job or as a server error. The validator
+# checks (with a readable message); the pattern says the same in the JSON schema / OpenAPI.
+NUL_FREE = (AfterValidator(refuse_nul), Field(json_schema_extra={"pattern": r"^[^\u0000]*$"}))
+Text = Annotated[str, *NUL_FREE]
+
+
 class _Section(BaseModel):
     # Unknown keys are errors: a typo in a spec must not silently fall back to a default.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -82,9 +96,9 @@ class _Section(BaseModel):
 class DatasetSpec(_Section):
     name: DatasetName = "mnist"
     # `npz` only: the user's file with x_train (N,H,W[,C] uint8), optional y_train/x_test/y_test.
-    path: str | None = None
+    path: Text | None = None
     # Where the standard files live; None means $DRL_DATA_DIR, then ./data.
-    data_dir: str | None = None
+    data_dir: Text | None = None
     # Use only the first N training / test images (tiny CPU runs, tests). None = all.
     train_limit: int | None = Field(default=None, ge=1)
     test_limit: int | None = Field(default=None, ge=1)
@@ -229,7 +243,7 @@ class SampleSpec(_Section):
 
 
 class ExperimentSpec(_Section):
-    name: str | None = Field(default=None, max_length=200)
+    name: Annotated[str, Field(max_length=200), *NUL_FREE] | None = None
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     sde: SDESpec = Field(default_factory=SDESpec)

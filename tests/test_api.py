@@ -630,3 +630,20 @@ def test_with_auth_on_datasets_are_read_only_from_the_data_folder(
             **TINY_SPEC, "dataset": {"name": "npz", "path": "mine/x.npz"}})
         assert created.status_code == 201
         assert created.json()["spec"]["dataset"]["path"] == str((data / "mine" / "x.npz").resolve())
+
+
+@pytest.mark.parametrize("auth", [False, True], ids=["auth-off", "auth-on"])
+def test_a_nul_byte_in_a_path_or_the_name_is_a_422_naming_it(
+        settings: Settings, session: Session, tokens: dict[str, str], tmp_path: Path, auth: bool) -> None:
+    """Was a 500 (auth on: resolving the path inside the data folder raised on the NUL; a name:
+    PostgreSQL text cannot hold NUL), or, auth off, a path stored that fails its jobs later."""
+    app_settings = settings.model_copy(update={"auth_enabled": auth, "data_dir": tmp_path})
+    with TestClient(create_app(app_settings)) as client:
+        for field, spec in (
+                ("dataset.path", {**TINY_SPEC, "dataset": {"name": "npz", "path": "x\x00.npz"}}),
+                ("dataset.data_dir", {**TINY_SPEC, "dataset": {"name": "digits", "data_dir": "d\x00"}}),
+                ("name", {**TINY_SPEC, "name": "tiny\x00"})):
+            body = assert_problem(client.post("/experiments", json=spec, headers=bearer(tokens["alice"])),
+                                  422, field)
+            assert "NUL byte" in body["detail"], body
+    assert session.scalar(sa.select(sa.func.count()).select_from(Experiment)) == 0

@@ -75,6 +75,22 @@ def test_not_a_mapping_and_unknown_keys(tmp_path):
     assert parse_spec(None) == ExperimentSpec()
 
 
+@pytest.mark.parametrize("data, field", [
+    ({"dataset": {"name": "npz", "path": "/data/x\x00.npz"}}, "dataset.path"),
+    ({"dataset": {"data_dir": "/data\x00/mnist"}}, "dataset.data_dir"),
+    ({"name": "run\x00one"}, "name"),
+])
+def test_a_nul_byte_in_a_path_or_name_is_refused_naming_the_field(data, field):
+    """No path and no PostgreSQL text can hold NUL: refused here, not as a job's or server's error."""
+    with pytest.raises(SpecError) as err:
+        parse_spec(data)
+    assert str(err.value).startswith(f"{field}: must not contain a NUL byte")
+    schema = ExperimentSpec.model_json_schema()   # and the JSON schema / OpenAPI says so
+    section = schema["$defs"]["DatasetSpec"] if "." in field else schema
+    string = section["properties"][field.rpartition(".")[2]]["anyOf"][0]
+    assert string["pattern"] == "^[^\\u0000]*$"
+
+
 def test_a_long_rejected_value_is_not_echoed_whole():
     with pytest.raises(SpecError) as err:
         parse_spec({"evaluate": {"t_grid": [2.0] * 5000}})
