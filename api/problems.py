@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from drl_core.artifacts import ArtifactStoreError
-from drl_engine.spec import SpecError, shown_value
+from drl_engine.spec import SpecError, merged_list_errors, more_entries, shown_value
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:drl:problem:"
@@ -107,9 +107,10 @@ def field_name(loc: Iterable[Any]) -> str:
 
 
 def pydantic_field_errors(errors: Iterable[Mapping[str, Any]], prefix: str = "") -> list[dict[str, str]]:
-    """pydantic/FastAPI error dicts -> [{field, message}], naming each field."""
+    """pydantic/FastAPI error dicts -> [{field, message}], naming each field (the entries of
+    one list that fail alike as one)."""
     out = []
-    for e in errors:
+    for e, more in merged_list_errors(errors):
         if e.get("type") == "json_invalid":
             # loc is ("body", <character position>): the body as a whole is not JSON
             ctx = e.get("ctx") or {}
@@ -125,7 +126,7 @@ def pydantic_field_errors(errors: Iterable[Mapping[str, Any]], prefix: str = "")
             message = "unknown field (check the spelling)"
         elif e.get("type") != "missing" and isinstance(e.get("input"), (str, int, float)):
             message += f" (got {shown_value(e['input'])})"
-        out.append(field_error(name, message))
+        out.append(field_error(name, message + more_entries(more)))
     return out
 
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic.fields import FieldInfo
 
 from drl_core.job_states import JobStatus, experiment_status, failed_job
 from drl_core.models import Experiment, Job
@@ -280,12 +281,18 @@ class EncodeRequest(BaseModel):
 
 
 def _optional_fields_of(model: type[BaseModel]) -> dict[str, Any]:
-    return {name: (field.annotation | None, Field(default=None, description=field.description))
+    """`model`'s fields, each optional (default None) with its own constraints (ge, lt, ...)
+    kept on the value's type, so a request schema built from them states the same bounds."""
+    def constrained(field: FieldInfo) -> Any:
+        return Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+
+    return {name: (constrained(field) | None, Field(default=None, description=field.description))
             for name, field in model.model_fields.items()}
 
 
 # Every SampleSpec field, optional: what is given overrides the experiment's spec.sample.
-# Bounds are SampleSpec's own, checked by the service when it merges (one source of truth).
+# Bounds are SampleSpec's own (one source of truth): the request is refused with a 422 naming
+# the field, the OpenAPI schema states them, and the service checks them again when it merges.
 SampleRequest = create_model(
     "SampleRequest",
     __config__=ConfigDict(extra="forbid"),

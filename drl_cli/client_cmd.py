@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TIMEOUT_S = 30.0
-NPY_PAGE_ROWS = 100_000  # the server's largest .npy page
+NPY_PAGE_ROWS = 10_000  # the server's largest page (api/routers/embeddings.py MAX_PAGE_ROWS)
 
 
 class ApiClient:

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["train"]["iterations"] = args.iterations
     spec = parse_spec(apply_overrides(overrides, args.overrides))
 
-    bar = TrainingBar(spec.train.iterations, disable=os.environ.get("DRL_NO_PROGRESS") == "1")
+    bar = TrainingBar(spec.train.total_steps, disable=os.environ.get("DRL_NO_PROGRESS") == "1")
     try:
         summary = run_experiment(spec, args.out, on_train_progress=bar,
                                  log=lambda msg: tqdm.write(msg))

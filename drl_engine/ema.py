@@ -51,10 +51,16 @@ class EMA:
         return min(self.decay, (1.0 + n) / (10.0 + n))
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, frozen_prefix: str | None = None) -> None:
+        """One averaging step; parameters named `frozen_prefix...` keep their average (a frozen
+        part of the model must stay bit-identical in the weights that get evaluated)."""
         decay = self.current_decay()
         self.num_updates += 1
         shadow, params = self._pairs(model)
+        if frozen_prefix is not None:
+            keep = [not name.startswith(frozen_prefix) for name in self.shadow]
+            shadow = [s for s, k in zip(shadow, keep) if k]
+            params = [p for p, k in zip(params, keep) if k]
         # lerp: shadow + (1 - d) (param - shadow); one fused call over all tensors.
         torch._foreach_lerp_(shadow, [p.detach() for p in params], 1.0 - decay)
 

@@ -9,7 +9,12 @@ and with lambda(t) = std(t)^2 the per-sample loss is
 
     || std(t) * s_theta(x_t, t, z) + eps ||^2        (summed over pixels)
 
-where z = E_phi(x_0) (or E_phi(x_0, t) for a time-conditioned encoder). DRL adds
+where z = E_phi(x_0) (or E_phi(x_0, t) for a time-conditioned encoder). With
+`objective.parameterization: edm` the per-sample loss is instead EDM's
+
+    lambda(sigma) || D(x_t / a, sigma, z) - x_0 ||^2,   lambda = (sigma^2 + sd^2) / (sigma sd)^2
+
+(edm.py; sigma = std(t) / a(t)), i.e. (1 + sigma^2 / sd^2) times the loss above. DRL adds
 gamma * ||z||_1; VDRL draws z from N(mu, sigma^2) by reparameterisation and adds
 beta * KL(N(mu, sigma^2) || N(0, I)). Plain DSM has a floor (the variance of the kernel's
 score around the marginal score); only information about x_0 carried by z lowers it, which
@@ -23,6 +28,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from .edm import edm_loss_weight
 from .sde import SDE, _bcast
 from .spec import ObjectiveSpec, SpecError
 
@@ -33,10 +39,14 @@ class CodeConditionedScoreModel(Protocol):
     sde: SDE
     variational: bool
     time_conditioned: bool
+    parameterization: str        # 'score' | 'edm'
+    sigma_data: Tensor           # edm only
 
     def encoder_output(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]: ...
 
     def score(self, xt: Tensor, t: Tensor, z: Tensor) -> Tensor: ...
+
+    def denoise(self, xt: Tensor, t: Tensor, z: Tensor) -> Tensor: ...
 
 
 def sample_t(n: int, spec: ObjectiveSpec, sde: SDE, generator: torch.Generator | None,
@@ -47,20 +57,30 @@ def sample_t(n: int, spec: ObjectiveSpec, sde: SDE, generator: torch.Generator |
     sigma_uniform:  std ~ U(std(t_eps), std(1)), t = std^{-1}(std)   ("high-noise focus";
                     for VE std = sigma, i.e. sigma ~ U(sigma_min, sigma_max) up to t_eps)
     fixed:          t = t_fixed for every sample
+    window:         t ~ U(t_lo, t_hi)
+    log_normal:     ln sigma ~ N(p_mean, p_std^2) with EDM's sigma = std / a (sde.edm_sigma),
+                    t = edm_sigma^{-1}(sigma) clamped to [t_eps, 1] (EDM's training
+                    distribution; the clamp puts the tails' mass on the SDE's ends)
     """
     if spec.t_sampling == "fixed":
         return torch.full((n,), float(spec.t_fixed), device=device, dtype=dtype)
+    if spec.t_sampling == "log_normal":
+        normal = torch.randn(n, generator=generator, device=device, dtype=dtype)
+        sigma = torch.exp(spec.p_mean + spec.p_std * normal)
+        return sde.t_from_edm_sigma(sigma).clamp(spec.t_eps, 1.0)
     u = torch.rand(n, generator=generator, device=device, dtype=dtype)
     if spec.t_sampling == "uniform":
         return spec.t_eps + (1.0 - spec.t_eps) * u
+    if spec.t_sampling == "window":
+        return spec.t_lo + (spec.t_hi - spec.t_lo) * u
     if spec.t_sampling == "sigma_uniform":
         ends = torch.tensor([spec.t_eps, 1.0], device=device, dtype=dtype)
         std_lo, std_hi = sde.marginal_std(ends)
         std = std_lo + (std_hi - std_lo) * u
         # Rounding in the inverse can step a hair outside [t_eps, 1] at the ends.
         return sde.t_from_std(std).clamp(spec.t_eps, 1.0)
-    raise SpecError(f"objective.t_sampling: expected 'uniform', 'sigma_uniform' or 'fixed', "
-                    f"got {spec.t_sampling!r}")
+    raise SpecError(f"objective.t_sampling: expected 'uniform', 'sigma_uniform', 'fixed', "
+                    f"'window' or 'log_normal', got {spec.t_sampling!r}")
 
 
 def reparameterize(mean: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -91,18 +111,27 @@ def dsm_loss_per_sample(score: Tensor, eps: Tensor, std: Tensor) -> Tensor:
     return (_bcast(std, score) * score + eps).pow(2).flatten(1).sum(1)
 
 
-def drl_loss(model: CodeConditionedScoreModel, x0: Tensor, spec: ObjectiveSpec,
-             generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
-    """The batch loss mean_b [ dsm_b + weight * penalty_b ] and its parts as floats.
+def edm_loss_per_sample(denoised: Tensor, x0: Tensor, sigma: Tensor, sigma_data: float | Tensor
+                        ) -> Tensor:
+    """lambda(sigma) || D - x_0 ||^2 summed over pixels, shape (B,) (edm.py's weight)."""
+    return edm_loss_weight(sigma, sigma_data) * (denoised - x0).pow(2).flatten(1).sum(1)
 
-    x0 is already in the model's data range. DRL: z = mu, penalty ||z||_1, weight
-    `spec.l1_weight`. VDRL: z ~ N(mu, sigma^2) (reparameterised), penalty
+
+def drl_loss(model: CodeConditionedScoreModel, x0: Tensor, spec: ObjectiveSpec,
+             generator: torch.Generator | None = None, *, freeze_encoder: bool = False
+             ) -> tuple[Tensor, dict[str, float]]:
+    """The batch loss mean_b [ denoising_b + weight * penalty_b ] and its parts as floats.
+
+    x0 is already in the model's data range. The denoising term is `dsm_loss_per_sample`
+    (parameterization 'score') or `edm_loss_per_sample` ('edm'). DRL: z = mu, penalty
+    ||z||_1, weight `spec.l1_weight`. VDRL: z ~ N(mu, sigma^2) (reparameterised), penalty
     KL(N(mu, sigma^2) || N(0, I)), weight `spec.kl_weight`. The encoder gets the same t as
     the score network (a static encoder ignores it). Every random draw (t, eps, z) uses
-    `generator`, which must live on x0's device.
+    `generator`, which must live on x0's device. `freeze_encoder` computes the code without
+    gradients (the decoder fine-tune phase): the penalty is then constant and left out.
 
-    Returns (loss, {'dsm': batch mean of dsm, 'penalty': batch mean of the unweighted
-    penalty, 'loss': loss}), so that loss = dsm + weight * penalty.
+    Returns (loss, {'dsm' or 'edm': batch mean of the denoising term, 'penalty': batch mean
+    of the unweighted penalty, 'loss': loss}), so that loss = denoising + weight * penalty.
     """
     sde = model.sde
     t = sample_t(x0.shape[0], spec, sde, generator, x0.device, x0.dtype)
@@ -110,7 +139,8 @@ def drl_loss(model: CodeConditionedScoreModel, x0: Tensor, spec: ObjectiveSpec,
     mean, std = sde.marginal_prob(x0, t)
     xt = mean + _bcast(std, x0) * eps
 
-    code_mean, code_logvar = model.encoder_output(x0, t)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not freeze_encoder):
+        code_mean, code_logvar = model.encoder_output(x0, t)
     if model.variational:
         if code_logvar is None:
             raise ValueError("drl_loss: a variational model's encoder_output must return "
@@ -122,11 +152,19 @@ def drl_loss(model: CodeConditionedScoreModel, x0: Tensor, spec: ObjectiveSpec,
         z = code_mean
         penalty = l1_penalty(z)
         weight = spec.l1_weight
+    if freeze_encoder:
+        weight = 0.0
 
-    dsm = dsm_loss_per_sample(model.score(xt, t, z), eps, std)
-    loss = (dsm + weight * penalty).mean()
+    if model.parameterization == "edm":
+        name = "edm"
+        denoising = edm_loss_per_sample(model.denoise(xt, t, z), x0, sde.edm_sigma(t),
+                                        model.sigma_data)
+    else:
+        name = "dsm"
+        denoising = dsm_loss_per_sample(model.score(xt, t, z), eps, std)
+    loss = (denoising + weight * penalty).mean()
     parts = {
-        "dsm": dsm.detach().mean().item(),
+        name: denoising.detach().mean().item(),
         "penalty": penalty.detach().mean().item(),
         "loss": loss.detach().item(),
     }

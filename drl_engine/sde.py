@@ -46,6 +46,17 @@ class VESDE:
         """Mean and std of p_0t(x_t | x_0); std has shape (B,)."""
         return x0, self.sigma(t)
 
+    def mean_coeff(self, t: torch.Tensor) -> torch.Tensor:
+        """a(t) in mean = a(t) x_0: 1 for VE."""
+        return torch.ones_like(t)
+
+    def edm_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """EDM's noise level std(t) / a(t): sigma(t) itself for VE."""
+        return self.sigma(t)
+
+    def t_from_edm_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
+        return self.t_from_std(sigma)
+
     def sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Drift f(x, t) = 0 and diffusion g(t) of the forward SDE."""
         g = self.sigma(t) * math.sqrt(2 * self._log_ratio)
@@ -112,8 +123,23 @@ class VPSDE:
 
     def marginal_prob(self, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std of p_0t(x_t | x_0); std has shape (B,)."""
-        mean = _bcast(torch.exp(self.log_mean_coeff(t)), x0) * x0
+        mean = _bcast(self.mean_coeff(t), x0) * x0
         return mean, self.marginal_std(t)
+
+    def mean_coeff(self, t: torch.Tensor) -> torch.Tensor:
+        """a(t) = exp(log_mean_coeff(t)) in mean = a(t) x_0."""
+        return torch.exp(self.log_mean_coeff(t))
+
+    def edm_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """EDM's noise level of x_t / a(t) = x_0 + (std / a) eps:
+
+            sigma_edm(t) = std(t) / a(t) = sqrt(exp(-2 lmc) - 1)
+        """
+        return torch.sqrt(torch.expm1(-2.0 * self.log_mean_coeff(t)))
+
+    def t_from_edm_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Inverse of edm_sigma: lmc = -ln(1 + sigma^2) / 2, then the quadratic of t_from_std."""
+        return self._t_from_log_mean_coeff(-0.5 * torch.log1p(sigma ** 2))
 
     def sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         beta = self.beta(t)
@@ -138,7 +164,10 @@ class VPSDE:
 
     def t_from_std(self, std: torch.Tensor) -> torch.Tensor:
         """Inverse of marginal_std: solve a t^2 + b t + lmc = 0 with lmc = ln(1 - std^2) / 2."""
-        lmc = 0.5 * torch.log1p(-std ** 2)
+        return self._t_from_log_mean_coeff(0.5 * torch.log1p(-std ** 2))
+
+    def _t_from_log_mean_coeff(self, lmc: torch.Tensor) -> torch.Tensor:
+        """The t >= 0 with log_mean_coeff(t) = lmc: a t^2 + b t + lmc = 0."""
         a = 0.25 * (self.beta_max - self.beta_min)
         b = 0.5 * self.beta_min
         return (-b + torch.sqrt(b * b - 4 * a * lmc)) / (2 * a)

@@ -9,6 +9,7 @@ fails with a message naming the field and what was expected, before any work sta
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -52,7 +53,13 @@ def has_sampler(kind: str) -> bool:
 EncoderKind = Literal["static", "time_conditioned"]
 Conditioning = Literal["bias", "scale_shift"]
 SDEKind = Literal["ve", "vp"]
-TSampling = Literal["uniform", "sigma_uniform", "fixed"]
+TSampling = Literal["uniform", "sigma_uniform", "fixed", "window", "log_normal"]
+# What the network outputs: `score` (the paper's, score-SDE's scale_by_sigma / eps-prediction)
+# or `edm` (Karras et al. 2022's preconditioned denoiser, trained with EDM's loss weight).
+Parameterization = Literal["score", "edm"]
+# The kinds whose network is a code-conditioned score model (DRLModel): the EDM
+# parameterization and the decoder fine-tune phase apply to them only.
+SCORE_MODEL_KINDS = ("drl", "vdrl")
 ProbeName = Literal["svc", "linear", "mlp", "silhouette"]
 SamplerName = Literal["pc", "euler_maruyama", "ode"]
 PriorName = Literal["gaussian", "uniform_gaussian"]
@@ -68,6 +75,16 @@ def t_key(t: float) -> float:
     """A diffusion time in canonical form (3 decimals), so 0.1 + 0.2 and 0.3 name the same
     encoding, file and artifact key. Torch-free: the API and drl_core use it too."""
     return round(float(t), 3)
+
+
+# Whose codes a stored embedding or a probe table holds: the trained encoder, or the untrained
+# control of the same architecture and seed (`registry.untrained_model`), probed beside it so
+# that an untrained code is never mistaken for a learned one. Torch-free: drl_core and the API
+# name stored embeddings and probe rows with it.
+EncoderWeights = Literal["trained", "random_init"]
+TRAINED: EncoderWeights = "trained"
+RANDOM_INIT: EncoderWeights = "random_init"
+ENCODER_WEIGHTS: tuple[EncoderWeights, ...] = (TRAINED, RANDOM_INIT)
 
 
 class SpecError(ValueError):
@@ -116,7 +133,9 @@ class ModelSpec(_Section):
     latent_dim: int = Field(default=8, ge=1, le=4096)
     # Score U-Net (score-SDE DDPM++ layout, sized for 28x28 as in the paper's MNIST runs).
     base_channels: int = Field(default=64, ge=4, le=1024)
-    channel_mult: list[int] = Field(default_factory=lambda: [1, 2, 2], min_length=1, max_length=6)
+    # Per-entry bounds on the item type (not in a validator), so the JSON schema states them.
+    channel_mult: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [1, 2, 2], min_length=1, max_length=6)
     num_res_blocks: int = Field(default=2, ge=1, le=8)
     # Resolutions (feature-map side in pixels) that get a self-attention block.
     attn_resolutions: list[int] = Field(default_factory=lambda: [7])
@@ -124,12 +143,6 @@ class ModelSpec(_Section):
     conditioning: Conditioning = "bias"
     # The code goes through this many dense layers before joining embed(t) (paper: four).
     code_mlp_layers: int = Field(default=4, ge=1, le=8)
-
-    @model_validator(mode="after")
-    def _channel_mult_positive(self) -> ModelSpec:
-        if any(m < 1 for m in self.channel_mult):
-            raise ValueError(f"model.channel_mult: every entry must be >= 1, got {self.channel_mult}")
-        return self
 
 
 class SDESpec(_Section):
@@ -149,17 +162,42 @@ class SDESpec(_Section):
 
 
 class ObjectiveSpec(_Section):
+    """How the score model is trained (drl_engine/objective.py has the formulas).
+
+    t_sampling: `uniform` t ~ U(t_eps, 1) (the paper); `sigma_uniform` std ~ U (high-noise
+    focus); `fixed` t = t_fixed; `window` t ~ U(t_lo, t_hi); `log_normal` EDM's
+    ln sigma ~ N(p_mean, p_std^2), sigma mapped back to t and clamped to [t_eps, 1].
+    parameterization: `score` (the paper's, default) or `edm` (Karras et al. 2022's
+    preconditioned denoiser D(x; sigma, z) with loss weight (sigma^2 + sigma_data^2) /
+    (sigma sigma_data)^2; `sigma_data` None estimates the data's std from the training split).
+    """
+
     t_sampling: TSampling = "uniform"
     t_fixed: float | None = Field(default=None, gt=0, le=1)
+    # `window` only: the interval t is drawn from.
+    t_lo: float | None = Field(default=None, ge=0, lt=1)
+    t_hi: float | None = Field(default=None, gt=0, le=1)
+    # `log_normal` only: EDM's defaults (their data lies in [-1, 1]).
+    p_mean: float = Field(default=-1.2, ge=-20, le=20)
+    p_std: float = Field(default=1.2, gt=0, le=20)
     # Smallest t drawn in training (score-SDE's eps for the continuous objective).
     t_eps: float = Field(default=1e-5, gt=0, lt=0.5)
     l1_weight: float = Field(default=1e-5, ge=0)   # DRL: gamma * ||z||_1
     kl_weight: float = Field(default=1e-7, ge=0)   # VDRL: beta * KL(q(z|x) || N(0, I))
+    parameterization: Parameterization = "score"
+    sigma_data: float | None = Field(default=None, gt=0, le=100)
 
     @model_validator(mode="after")
-    def _fixed_needs_t(self) -> ObjectiveSpec:
+    def _sampling_needs_its_fields(self) -> ObjectiveSpec:
         if self.t_sampling == "fixed" and self.t_fixed is None:
             raise ValueError("objective.t_fixed is required when objective.t_sampling is 'fixed'")
+        if self.t_sampling == "window":
+            if self.t_lo is None or self.t_hi is None:
+                raise ValueError("objective.t_lo and objective.t_hi are required when "
+                                 "objective.t_sampling is 'window'")
+            if self.t_hi <= self.t_lo:
+                raise ValueError(f"objective.t_hi must exceed objective.t_lo ({self.t_lo}), "
+                                 f"got {self.t_hi}")
         return self
 
 
@@ -180,7 +218,8 @@ class VDMSpec(_Section):
     gamma_min: float = Field(default=-13.3, ge=-30.0, le=30.0)
     gamma_max: float = Field(default=5.0, ge=-30.0, le=30.0)
     schedule_features: int = Field(default=1024, ge=1, le=65_536)   # hidden width of l2
-    fourier_exponents: list[int] = Field(default_factory=lambda: [7, 8], max_length=16)
+    fourier_exponents: list[Annotated[int, Field(ge=0, le=16)]] = Field(
+        default_factory=lambda: [7, 8], max_length=16)
     kl_anneal_steps: int = Field(default=0, ge=0)
     free_bits: float = Field(default=0.0, ge=0)
 
@@ -188,9 +227,6 @@ class VDMSpec(_Section):
     def _ordered(self) -> VDMSpec:
         if self.gamma_max <= self.gamma_min:
             raise ValueError(f"vdm.gamma_max must exceed vdm.gamma_min ({self.gamma_min})")
-        if any(not 0 <= n <= 16 for n in self.fourier_exponents):
-            raise ValueError("vdm.fourier_exponents: every exponent must lie in [0, 16], "
-                             f"got {self.fourier_exponents}")
         return self
 
 
@@ -203,29 +239,40 @@ class TrainSpec(_Section):
     ema_decay: float = Field(default=0.999, ge=0, lt=1)
     seed: int = Field(default=0, ge=0)
     checkpoint_every: int = Field(default=5000, ge=1)
+    # After `iterations` steps: this many more with the encoder (and its EMA) frozen and the
+    # score network trained on uniform t, so a model whose encoder was trained on a window or
+    # a high-noise focus still samples over the whole range (drl/vdrl only).
+    decoder_finetune_steps: int = Field(default=0, ge=0)
     log_every: int = Field(default=100, ge=1)
     device: DeviceName = "auto"
 
+    @property
+    def total_steps(self) -> int:
+        """Optimiser steps in all: the main phase and the decoder fine-tune phase."""
+        return self.iterations + self.decoder_finetune_steps
+
 
 class EvaluateSpec(_Section):
-    t_grid: list[float] = Field(default_factory=lambda: list(DEFAULT_T_GRID), min_length=1)
+    t_grid: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=lambda: list(DEFAULT_T_GRID), min_length=1)
     probes: list[ProbeName] = Field(default_factory=lambda: ["svc", "linear", "mlp", "silhouette"])
-    # Few-shot SVC label budgets (paper appendix E: 100 and 1000).
-    label_budgets: list[int] = Field(default_factory=lambda: [100, 1000], min_length=1)
+    # Few-shot SVC label budgets (paper appendix E: 100 and 1000). 'svc' reports each budget
+    # twice: svc_<n> on raw codes (the paper's protocol) and svc_<n>_std on standardized ones.
+    # At least 2: a budget is split over the classes, and an SVC needs two labelled examples.
+    label_budgets: list[Annotated[int, Field(ge=2)]] = Field(
+        default_factory=lambda: [100, 1000], min_length=1)
     # Linear and MLP probes train on at most this many labelled embeddings (a seeded,
     # stratified subset); None = all training labels, as in the paper. CPU runs cap it.
     probe_train_limit: int | None = Field(default=None, ge=10)
+    # The best t of every probe is chosen on this many training embeddings held out from the
+    # probes' training set (a seeded stratified subset, the same at every t), never on the
+    # test split. Capped for small training splits (probes.validation_split says how).
+    validation_size: int = Field(default=1000, ge=1)
+    # The code-usage diagnostic (drl_engine/code_usage.py, drl and vdrl) denoises this many
+    # test images (a seeded stratified subset) at every checkpoint; 0 turns it off.
+    code_usage_images: int = Field(default=256, ge=0, le=10_000)
     batch_size: int = Field(default=500, ge=1)
     seed: int = Field(default=0, ge=0)
-
-    @model_validator(mode="after")
-    def _t_in_range(self) -> EvaluateSpec:
-        bad = [t for t in self.t_grid if not 0.0 <= t <= 1.0]
-        if bad:
-            raise ValueError(f"evaluate.t_grid: every t must lie in [0, 1], got {shown_value(bad)}")
-        if any(b < 2 for b in self.label_budgets):
-            raise ValueError("evaluate.label_budgets: every budget must be >= 2")
-        return self
 
 
 class SampleSpec(_Section):
@@ -271,6 +318,14 @@ class ExperimentSpec(_Section):
             raise ValueError("sample.code_source 'interpolation' needs model.kind 'vdm_vae' (its "
                              "decoder walks between two images' codes), got "
                              f"{self.model.kind!r}; use 'encoded' or 'grid'")
+        if self.model.kind not in SCORE_MODEL_KINDS:
+            if self.objective.parameterization != "score":
+                raise ValueError(f"objective.parameterization 'edm' needs model.kind 'drl' or "
+                                 f"'vdrl', got {self.model.kind!r}")
+            if self.train.decoder_finetune_steps:
+                raise ValueError(f"train.decoder_finetune_steps needs model.kind 'drl' or "
+                                 f"'vdrl' (a score network beside an encoder), got "
+                                 f"{self.model.kind!r}")
         if self.sample.code_source == "grid" and self.model.latent_dim != 2:
             raise ValueError("sample.code_source 'grid' needs model.latent_dim 2, "
                              f"got {self.model.latent_dim}")
@@ -310,10 +365,34 @@ def allowed_fields(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
+def merged_list_errors(errors: Iterable[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], int]]:
+    """pydantic's errors, with the entries of one list that fail alike merged into the first:
+    (error, how many more entries it stands for). A 5,000-entry t_grid out of range is one
+    problem, not 5,000 lines."""
+    merged: list[tuple[Mapping[str, Any], int]] = []
+    first_of: dict[tuple, int] = {}
+    for e in errors:
+        loc = tuple(e.get("loc", ()))
+        if loc and isinstance(loc[-1], int):   # an entry of a list
+            key = (loc[:-1], e.get("type"), e.get("msg"))
+            if key in first_of:
+                error, more = merged[first_of[key]]
+                merged[first_of[key]] = (error, more + 1)
+                continue
+            first_of[key] = len(merged)
+        merged.append((e, 0))
+    return merged
+
+
+def more_entries(more: int) -> str:
+    """What a merged list error adds to its message."""
+    return f" (and {more} more {'entry' if more == 1 else 'entries'} alike)" if more else ""
+
+
 def format_validation_error(err: ValidationError) -> str:
     """One line per problem: `field.path: what was expected (got VALUE)`."""
     lines = []
-    for e in err.errors():
+    for e, more in merged_list_errors(err.errors()):
         loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
@@ -322,7 +401,7 @@ def format_validation_error(err: ValidationError) -> str:
         got = e.get("input")
         where = f"{loc}: " if loc and not msg.startswith(loc) else ""
         show = e["type"] not in ("missing", "extra_forbidden") and not isinstance(got, dict)
-        lines.append(f"{where}{msg}" + (f" (got {shown_value(got)})" if show else ""))
+        lines.append(f"{where}{msg}" + (f" (got {shown_value(got)})" if show else "") + more_entries(more))
     return "; ".join(lines)
 
 

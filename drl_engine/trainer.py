@@ -32,7 +32,8 @@ from .checkpoint import TrainingState, latest_checkpoint, load_checkpoint, save_
 from .datasets import ImageDataset
 from .device import configure_cuda_math, resolve_device
 from .ema import EMA
-from .registry import build_model, training_loss
+from .model import ENCODER_PREFIX
+from .registry import in_decoder_finetune, training_loss, untrained_model
 from .spec import ExperimentSpec
 
 # Offsets the data generator's seed from the global one: with equal seeds the two streams
@@ -97,17 +98,38 @@ class _IntervalMeter:
             stats={key: value / self.steps for key, value in self.stat_sums.items()})
 
 
+def with_ema_weights(fn: Callable[[nn.Module, int], None], model: nn.Module, ema: EMA,
+                     step: int, device: torch.device) -> None:
+    """fn(model, step) with the EMA weights swapped in and every module in eval mode. The trained
+    weights, each module's mode and the global RNG states come back afterwards, so a run that
+    evaluates at its checkpoints continues bit-for-bit as one that does not."""
+    modes = [(module, module.training) for module in model.modules()]
+    rng_devices = [device.index if device.index is not None else torch.cuda.current_device()
+                   ] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices), ema.swapped_in(model):
+        model.eval()
+        try:
+            fn(model, step)
+        finally:
+            for module, training in modes:
+                module.training = training
+
+
 def train(spec: ExperimentSpec, dataset: ImageDataset, checkpoint_dir: Path | None, *,
           progress: Callable[[TrainProgress], None] | None = None,
           should_stop: Callable[[], bool] | None = None,
           on_checkpoint: Callable[[Path, int], None] | None = None,
+          on_checkpoint_model: Callable[[nn.Module, int], None] | None = None,
           device: torch.device | None = None) -> TrainResult:
-    """Train (or resume training) the spec's model kind for `spec.train.iterations` steps in total.
+    """Train (or resume training) the spec's model kind for `spec.train.total_steps` steps in
+    total: `train.iterations`, then `train.decoder_finetune_steps` with the encoder frozen.
 
     With a `checkpoint_dir`, training resumes from its latest checkpoint (whose spec must
     match in the model, sde, objective and train sections, else ValueError naming the
     fields), writes `ckpt_{step:08d}.pt` every `train.checkpoint_every` steps, at the end and
-    when stopped, keeps the newest two, and calls `on_checkpoint(path, step)` after each.
+    when stopped, keeps the newest two, and calls `on_checkpoint(path, step)` after each,
+    then `on_checkpoint_model(model, step)` with the EMA weights in eval mode (an evaluation
+    at every checkpoint; `with_ema_weights` keeps it from changing the run).
     `should_stop` is polled before every step; when it returns True the run saves and
     returns with `stopped=True`.
     """
@@ -119,8 +141,9 @@ def train(spec: ExperimentSpec, dataset: ImageDataset, checkpoint_dir: Path | No
         raise ValueError(f"dataset {dataset.name}: the training split is empty")
     checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
 
-    torch.manual_seed(cfg.seed)   # global RNG (CPU and CUDA): initialisation and dropout
-    model = build_model(spec, dataset.image_shape).to(device)
+    # Seeds the global RNG (CPU and CUDA) for initialisation and dropout; the same model is
+    # the probes' untrained control (random_init).
+    model = untrained_model(spec, dataset).to(device)
     data_generator = torch.Generator(device=device)
     data_generator.manual_seed(cfg.seed + DATA_SEED_OFFSET)
     state = TrainingState(
@@ -141,6 +164,8 @@ def train(spec: ExperimentSpec, dataset: ImageDataset, checkpoint_dir: Path | No
         saved_step = state.step
         if on_checkpoint is not None:
             on_checkpoint(last_checkpoint, state.step)
+        if on_checkpoint_model is not None:
+            with_ema_weights(on_checkpoint_model, model, state.ema, state.step, device)
 
     x_train = dataset.x_train.to(device)
     # bf16 autocast on CUDA: the forward pass and loss in bf16 (same exponent range as fp32,
@@ -151,7 +176,8 @@ def train(spec: ExperimentSpec, dataset: ImageDataset, checkpoint_dir: Path | No
     final_loss: float | None = None
     stopped = False
     model.train()
-    while state.step < cfg.iterations:
+    total = cfg.total_steps
+    while state.step < total:
         if should_stop is not None and should_stop():
             stopped = True
             break
@@ -161,6 +187,11 @@ def train(spec: ExperimentSpec, dataset: ImageDataset, checkpoint_dir: Path | No
 
         idx = torch.randint(x_train.shape[0], (cfg.batch_size,), generator=data_generator,
                             device=device)
+        # The decoder fine-tune phase: the encoder is frozen in its evaluation mode (no dropout,
+        # no gradient, its EMA kept), so its codes are exactly those used downstream.
+        finetune = in_decoder_finetune(spec, state.step)
+        if finetune:
+            model.encoder.eval()
         with autocast:
             loss, stats = training_loss(model, x_train[idx], spec, data_generator, state.step)
         loss_value = float(stats["loss"]) if "loss" in stats else loss.item()
@@ -171,16 +202,16 @@ def train(spec: ExperimentSpec, dataset: ImageDataset, checkpoint_dir: Path | No
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         state.optimizer.step()
-        state.ema.update(model)
+        state.ema.update(model, frozen_prefix=ENCODER_PREFIX if finetune else None)
         state.step += 1
 
         meter.add(loss_value, {**stats, "grad_norm": float(grad_norm)})
         final_loss = meter.mean_loss()
-        if state.step % cfg.log_every == 0 or state.step == cfg.iterations:
+        if state.step % cfg.log_every == 0 or state.step in (cfg.iterations, total):
             if progress is not None:
-                progress(meter.report(state.step, cfg.iterations, cfg.batch_size, lr))
+                progress(meter.report(state.step, total, cfg.batch_size, lr))
             meter.reset()
-        if state.step % cfg.checkpoint_every == 0 or state.step == cfg.iterations:
+        if state.step % cfg.checkpoint_every == 0 or state.step in (cfg.iterations, total):
             checkpoint()
 
     if stopped:

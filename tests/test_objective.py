@@ -41,6 +41,7 @@ class KernelScoreOracle(nn.Module):
         super().__init__()
         self.sde = sde
         self.variational = variational
+        self.parameterization = "score"
         self.time_conditioned = time_conditioned
         self.logvar = logvar
         self.scale = nn.Parameter(torch.ones((), dtype=torch.float64))

@@ -39,11 +39,14 @@ def test_yaml_and_json_give_the_same_spec(tmp_path):
     ({"model": {"kind": "gan"}}, "model.kind", "'vdrl'"),
     ({"model": {"encoder": "x"}}, "model.encoder", "'static' or 'time_conditioned'"),
     ({"sde": {"kind": "subvp"}}, "sde.kind", "'ve' or 'vp'"),
-    ({"objective": {"t_sampling": "log"}}, "objective.t_sampling", "'uniform', 'sigma_uniform' or 'fixed'"),
+    ({"objective": {"t_sampling": "log"}}, "objective.t_sampling", "'uniform', 'sigma_uniform', 'fixed', 'window' or 'log_normal'"),
     ({"sample": {"sampler": "ddim"}}, "sample.sampler", "'pc', 'euler_maruyama' or 'ode'"),
     ({"dataset": {"name": "imagenet"}}, "dataset.name", "'mnist'"),
     ({"train": {"batch_size": 0}}, "train.batch_size", "greater than or equal to 1"),
-    ({"evaluate": {"t_grid": [0.5, 1.5]}}, "evaluate.t_grid", "[0, 1]"),
+    ({"evaluate": {"t_grid": [0.5, 1.5]}}, "evaluate.t_grid.1", "less than or equal to 1 (got 1.5)"),
+    ({"evaluate": {"label_budgets": [100, 0]}}, "evaluate.label_budgets.1", "greater than or equal to 2"),
+    ({"model": {"channel_mult": [1, 0]}}, "model.channel_mult.1", "greater than or equal to 1 (got 0)"),
+    ({"vdm": {"fourier_exponents": [7, 17]}}, "vdm.fourier_exponents.1", "less than or equal to 16"),
     ({"sde": {"sigma_min": 5, "sigma_max": 1}}, "sde.sigma_max", "sigma_min"),
     ({"dataset": {"name": "npz"}}, "dataset.path", "required"),
     ({"sample": {"code_source": "prior"}}, "sample.code_source", "vdrl"),
@@ -95,6 +98,7 @@ def test_a_long_rejected_value_is_not_echoed_whole():
     with pytest.raises(SpecError) as err:
         parse_spec({"evaluate": {"t_grid": [2.0] * 5000}})
     assert "evaluate.t_grid" in str(err.value) and len(str(err.value)) < 300
+    assert "4999 more entries alike" in str(err.value)   # one problem, not 5,000 lines
     with pytest.raises(SpecError) as err:
         parse_spec({"name": "x" * 10_000})
     assert "name" in str(err.value) and len(str(err.value)) < 300

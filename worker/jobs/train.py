@@ -57,7 +57,7 @@ def run(ctx: JobContext) -> None:
                    on_checkpoint=lambda path, step: upload_checkpoint(ctx, path, step))
     if result.stopped:
         ctx.check()   # raises JobCancelled or JobLost: whichever made should_stop true
-    ctx.heartbeat.report(step=result.step, total=ctx.spec.train.iterations)
+    ctx.heartbeat.report(step=result.step, total=ctx.spec.train.total_steps)
     ctx.log(f"trained {result.step} steps on {device}; final loss {result.final_loss}")
     if kind_entry(ctx.spec.model.kind).reports_bits_per_dim:
         record_bits_per_dim(ctx, result.model, dataset.x_test, device, result.step)
