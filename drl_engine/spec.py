@@ -258,7 +258,7 @@ class EvaluateSpec(_Section):
     probes: list[ProbeName] = Field(default_factory=lambda: ["svc", "linear", "mlp", "silhouette"])
     # Few-shot SVC label budgets (paper appendix E: 100 and 1000). 'svc' reports each budget
     # twice: svc_<n> on raw codes (the paper's protocol) and svc_<n>_std on standardized ones.
-    # At least 2: a budget is split over the classes, and an SVC needs two labelled examples.
+    # At least 2: an SVC needs labelled examples of two classes.
     label_budgets: list[Annotated[int, Field(ge=2)]] = Field(
         default_factory=lambda: [100, 1000], min_length=1)
     # Linear and MLP probes train on at most this many labelled embeddings (a seeded,
