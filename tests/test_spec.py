@@ -26,6 +26,10 @@ def test_defaults_reproduce_the_paper():
     assert spec.evaluate.label_budgets == [100, 1000]
     assert (spec.sample.sampler, spec.sample.steps, spec.sample.snr, spec.sample.t_init) == ("pc", 1000, 0.16, 1.0)
     assert spec.model.code_mlp_layers == 4 and spec.model.conditioning == "bias"
+    # Appendix D's MNIST network: 28x28x32 and 14x14x64, 2 residual blocks per resolution.
+    assert (spec.model.base_channels, spec.model.channel_mult, spec.model.num_res_blocks,
+            spec.model.attn_resolutions) == (32, [1, 2], 2, [])
+    assert spec.objective.parameterization == "score" and spec.train.decoder_finetune_steps == 0
 
 
 def test_yaml_and_json_give_the_same_spec(tmp_path):

@@ -6,7 +6,8 @@ where temb is the time embedding (Gaussian-Fourier of log sigma(t) for VE, sinus
 999 t for VP) followed by two dense layers to emb_dim = 4 * base_channels, and code_mlp is
 `code_mlp_layers` dense layers (SiLU between) from latent_dim to emb_dim.
 
-Layout for the default MNIST spec (base 64, channel_mult [1, 2, 2], 2 blocks, attention at 7):
+Layout for base 64, channel_mult [1, 2, 2], 2 blocks, attention at 7 (the default spec is
+the paper's smaller MNIST net: base 32, [1, 2], 2 blocks, no attention: levels 28 and 14):
     conv_in 28x28x64
     down:  [Res, Res] 28 -> Down -> [Res, Res] 14 -> Down -> [Res+Attn, Res+Attn] 7
     mid:   Res, Attn, Res                                   (attention only if 7 is configured)
