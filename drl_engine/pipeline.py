@@ -71,8 +71,9 @@ def write_embeddings(out_dir: Path, split: str, encodings: Encodings,
 
 
 def grid_width(n: int, target: int) -> int:
-    """The smallest divisor of n that is >= target, so a grid of n images has no gaps."""
-    return next(d for d in range(max(1, target), n + 1) if n % d == 0) if n else 1
+    """The smallest divisor of n that is >= target, so a grid of n images has no gaps; n (one
+    row) when target exceeds n, as for a single encoded image over its reconstruction."""
+    return next(d for d in range(max(1, min(target, n)), n + 1) if n % d == 0) if n else 1
 
 
 def save_generation(gen: Generation, path: Path) -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from drl_engine.pipeline import grid_width
 from drl_engine.plots import image_grid, plot_probe_curves, save_image_grid
 from drl_engine.probes import ProbeTable
 
@@ -87,3 +88,12 @@ def test_plot_single_panel_and_empty_table(tmp_path):
     assert (tmp_path / "one.png").stat().st_size > 0
     with pytest.raises(ValueError, match="nothing to plot"):
         plot_probe_curves(ProbeTable(columns=["linear"], rows=[]), tmp_path / "none.png")
+
+
+@pytest.mark.parametrize("n, target, width", [
+    (8, 4, 4), (6, 4, 6), (7, 3, 7), (2, 2, 2),
+    (1, 2, 1),   # one encoded sample: target ceil(sqrt(2)) = 2 > 1 (was a StopIteration)
+    (3, 10, 3), (0, 3, 1),
+])
+def test_grid_width_divides_n_and_is_one_row_when_the_target_exceeds_n(n, target, width):
+    assert grid_width(n, target) == width

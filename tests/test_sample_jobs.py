@@ -200,6 +200,20 @@ def test_sample_job_stores_fd_lenet_and_the_listing_shows_it(client, worker, cel
     assert all(pipeline[k] is None for k in ("count", "sampler", "steps", "fd_lenet", "url")), pipeline
 
 
+def test_a_single_encoded_sample_is_its_original_over_its_reconstruction(
+        client, worker, celery_app, drl_experiment) -> None:
+    """count 1 with encoded codes failed every sample job (a StopIteration laying out the grid)."""
+    job = drawn_samples(client, worker, celery_app, drl_experiment, {"count": 1, "code_source": "encoded"})
+
+    meta = sample_meta(worker, job.id)
+    assert (meta["count"], meta["code_source"]) == (1, "encoded")
+    assert "fd_lenet" not in meta   # one image: nothing to compare, and the log says so
+    assert any(line.startswith(f"{FD_LENET} skipped") for line in job.log_tail), job.log_tail
+    png = client.get(f"/experiments/{drl_experiment}/samples/{job.id}.png")
+    assert png.status_code == 200
+    assert grid_shape(png.content, 1) == (2, 1)
+
+
 def test_listing_of_an_unknown_experiment_is_a_404_problem(client) -> None:
     body = assert_problem(client.get("/experiments/987654321/samples"), 404)
     assert "experiment 987654321 not found" in body["detail"]
