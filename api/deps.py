@@ -14,7 +14,7 @@ from typing import Annotated
 import sqlalchemy as sa
 from celery import Celery
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import authenticate
@@ -75,20 +75,21 @@ def get_store(request: Request) -> ArtifactStore:
     return app_state(request).store()
 
 
-# auto_error=False: a missing header becomes our 401 problem (with WWW-Authenticate), not
-# FastAPI's plain 403; the scheme still appears in OpenAPI, so /docs has an Authorize button.
+# Only declares bearer auth in OpenAPI (so /docs has an Authorize button): create_app adds it
+# to the protected routers when auth is on, and only then, so the document never asks for a
+# token the server does not check. auto_error=False: it never answers a request itself.
 bearer_scheme = HTTPBearer(auto_error=False, description="a token from `drl token create NAME`")
 
 
 def get_current_user(
     request: Request,
     session: Annotated[Session, Depends(get_session)],
-    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> User | None:
     """The signed-in user, or None when auth is off (embedded, localhost).
 
-    The header is read here rather than from `bearer_scheme` (there only for OpenAPI), which
-    answers None for a wrong scheme and a missing header alike."""
+    The header is read here rather than through `bearer_scheme`, which answers None for a
+    wrong scheme and a missing header alike; a missing header is our 401 problem (with
+    WWW-Authenticate), not FastAPI's plain 403."""
     if not app_state(request).settings.auth_enabled:
         return None
     header = request.headers.get("Authorization", "")

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from api.deps import AppState, get_current_user
+from api.deps import AppState, bearer_scheme, get_current_user
 from api.docs_pages import install_docs
 from api.problems import install_problem_handlers
 from api.request_limits import RequestLimitsMiddleware
@@ -49,9 +49,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestLimitsMiddleware)
     install_docs(app)
     app.include_router(health.router)
+    # OpenAPI declares bearer auth on exactly the endpoints that check it: none with auth off.
+    declared = [Depends(bearer_scheme)] if state.settings.auth_enabled else []
     for router in PROTECTED:
         # On the router, not on each endpoint, so no endpoint can forget it.
-        app.include_router(router, dependencies=[Depends(get_current_user)])
+        app.include_router(router, dependencies=[Depends(get_current_user), *declared])
     return app
 
 

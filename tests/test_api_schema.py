@@ -1,5 +1,6 @@
 """The OpenAPI document states the bounds the server enforces: a value out of a declared
-bound is a 422 naming the field, and a value at the bound is not refused for its size.
+bound is a 422 naming the field, and a value at the bound is not refused for its size. And it
+declares bearer auth exactly where the server checks a token: nowhere with auth off.
 
 The app runs on an SQLite file and the embedded queue (as `drl serve` does): every request
 here is answered by validation or by a lookup that finds nothing.
@@ -21,10 +22,14 @@ from drl_engine.spec import SampleSpec
 PROBLEM = "application/problem+json"
 
 
+def app_settings(sqlite_url: str, tmp_path: Path, auth: bool = False) -> Settings:
+    return Settings(home=tmp_path / "home", database_url=sqlite_url, broker_url=None,
+                    auth_enabled=auth)
+
+
 @pytest.fixture
 def client(sqlite_url: str, tmp_path: Path) -> Iterator[TestClient]:
-    settings = Settings(home=tmp_path / "home", database_url=sqlite_url, broker_url=None)
-    with TestClient(create_app(settings)) as test_client:
+    with TestClient(create_app(app_settings(sqlite_url, tmp_path))) as test_client:
         yield test_client
 
 
@@ -129,3 +134,25 @@ def test_many_bad_entries_of_one_list_are_one_problem(client: TestClient) -> Non
     body = assert_422_naming(client.post("/experiments", json={"evaluate": {"t_grid": [2.0] * 5000}}),
                              "evaluate.t_grid.0")
     assert len(body["errors"]) == 1 and "4999 more entries alike" in body["errors"][0]["message"]
+
+
+# --- authentication ----------------------------------------------------------------------
+
+UNPROTECTED = {("/healthz", "get"), ("/readyz", "get")}
+
+
+@pytest.mark.parametrize("auth", [False, True], ids=["auth-off", "auth-on"])
+def test_bearer_auth_is_declared_only_when_the_server_checks_it(sqlite_url: str, tmp_path: Path,
+                                                                 auth: bool) -> None:
+    with TestClient(create_app(app_settings(sqlite_url, tmp_path, auth))) as client:
+        doc = client.get("/openapi.json").json()
+        assert client.get("/experiments").status_code == (401 if auth else 200)
+    schemes = doc["components"].get("securitySchemes", {})
+    operations = {(path, method): op for path, ops in doc["paths"].items() for method, op in ops.items()}
+    secured = {key for key, op in operations.items() if op.get("security")}
+    if auth:
+        assert [(s["type"], s["scheme"]) for s in schemes.values()] == [("http", "bearer")]
+        assert secured == set(operations) - UNPROTECTED
+        assert all(operations[key]["security"] == [{name: []} for name in schemes] for key in secured)
+    else:
+        assert schemes == {} and secured == set()
