@@ -211,12 +211,12 @@ def allowed_methods(request: Request) -> str:
 async def _on_unavailable(request: Request, exc: Exception) -> JSONResponse:
     """A dependency (database, broker, artifact store) failed mid-request: 503, retryable.
     A create that was saved but not queued is re-queued by retrying it with the same
-    Idempotency-Key."""
+    Idempotency-Key. The error's words name hosts and ports (sometimes credentials, in a
+    DSN): they go to the server log, not to the client."""
     log.warning("%s %s: %s unavailable: %s", request.method, request.url.path,
                 _dependency(exc), exc)
-    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return problem_response(request, Problem(
-        503, f"the {_dependency(exc)} is unavailable ({first_line}); retry later",
+        503, f"the {_dependency(exc)} is unavailable; retry later (the server log says why)",
         type=UNAVAILABLE, title="Service unavailable", headers={"Retry-After": "5"},
     ))
 

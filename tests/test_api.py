@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from sqlalchemy.orm import Session
 from api.auth import create_token
 from api.main import create_app
 from api.request_limits import MAX_BODY_BYTES
+from api.routers.health import UNREPORTED_FAILURE
 from drl_core.artifact_keys import embedding_key, experiment_prefix, labels_key, probes_key, sample_key
 from drl_core.artifacts import LocalArtifactStore
 from drl_core.db import session_factory
@@ -523,18 +525,39 @@ def test_readyz_names_a_broker_that_is_down(tmp_path: Path, pg_url: str, broker_
     with TestClient(create_app(settings)) as client:
         body = assert_problem(client.get("/readyz"), 503)
         assert body["failed"] == ["broker"] and body["checks"]["database"] == "ok"
-        assert "broker" in body["detail"] and "refused" in body["detail"].lower()
+        assert "broker" in body["detail"] and body["checks"]["broker"] == UNREPORTED_FAILURE
         assert client.get("/healthz").status_code == 200
+
+
+def test_readyz_says_what_is_down_but_not_where_it_is(tmp_path: Path, broker_prefix: str,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Anyone may read /readyz: it names the failed dependencies, never their host, port or
+    credentials (a DSN's password); those go to the server log."""
+    port = closed_port()
+    settings = make_settings(
+        tmp_path, f"postgresql+psycopg://dbuser:db-s3cret@127.0.0.1:{port}/drl", broker_prefix,
+        broker_url=f"redis://:redis-s3cret@127.0.0.1:{port}/0", artifact_backend="s3",
+        s3_endpoint=f"127.0.0.1:{port}", s3_secret_key="store-s3cret")
+    with caplog.at_level(logging.WARNING, logger="drl.api"), TestClient(create_app(settings)) as client:
+        response = client.get("/readyz")
+    body = assert_problem(response, 503)
+    assert body["failed"] == ["database", "broker", "artifact_store"]
+    assert set(body["checks"].values()) == {UNREPORTED_FAILURE}
+    for leak in (str(port), "127.0.0.1", "s3cret", "dbuser", "redis://", "postgresql"):
+        assert leak not in response.text, leak
+    assert str(port) in caplog.text   # the operator still learns why
 
 
 def test_broker_down_on_create_is_a_503_and_a_retry_queues_it(
     tmp_path: Path, pg_url: str, broker_prefix: str, settings: Settings, session: Session
 ) -> None:
-    down = make_settings(tmp_path, pg_url, broker_prefix, broker_url=f"redis://127.0.0.1:{closed_port()}/0")
+    port = closed_port()
+    down = make_settings(tmp_path, pg_url, broker_prefix, broker_url=f"redis://127.0.0.1:{port}/0")
     with TestClient(create_app(down)) as client:
         response = client.post("/experiments", json=TINY_SPEC, headers={"Idempotency-Key": "retry-me"})
         body = assert_problem(response, 503)
         assert "broker" in body["detail"] and response.headers["retry-after"]
+        assert str(port) not in response.text   # where the broker is stays in the server log
     # the experiment was saved; retrying with the same key once the broker is back queues it
     queue = redis.Redis.from_url(settings.broker_url)
     before = queue.llen(f"{broker_prefix}gpu")

@@ -1,8 +1,14 @@
 """/healthz (the process answers) and /readyz (it can do its work: database at the newest
-migration, broker reachable, artifact store usable). Neither needs a token."""
+migration, broker reachable, artifact store usable). Neither needs a token.
+
+So /readyz tells anyone only which dependency failed, in words of its own: a connection
+error names hosts, ports and sometimes credentials (a DSN, an S3 endpoint), which stay in the
+server log. There are no admin users to show more to.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import sqlalchemy as sa
@@ -17,7 +23,15 @@ from drl_core.db import head_revision
 
 router = APIRouter(tags=["health"])
 
+log = logging.getLogger("drl.api")
+
 BROKER_TIMEOUT_S = 2.0
+# What /readyz says of a dependency that failed other than with NotReady.
+UNREPORTED_FAILURE = "unavailable (the server log says why)"
+
+
+class NotReady(RuntimeError):
+    """A dependency that answers but cannot serve yet, said in words safe to show anyone."""
 
 
 @router.get("/healthz", response_model=HealthOut, summary="The process is up")
@@ -39,8 +53,12 @@ def readyz(state: StateDep) -> HealthOut:
         try:
             check()
             results[name] = "ok"
-        except Exception as err:  # any failure of a dependency is "not ready", said in words
-            results[name] = f"{type(err).__name__}: {err}".splitlines()[0]
+        except NotReady as err:
+            results[name] = str(err)
+            failed.append(name)
+        except Exception as err:  # any other failure is "not ready" too; its words are logged
+            log.warning("readyz: %s unavailable: %s: %s", name, type(err).__name__, err)
+            results[name] = UNREPORTED_FAILURE
             failed.append(name)
     if failed:
         detail = "not ready: " + "; ".join(f"{name}: {results[name]}" for name in failed)
@@ -56,8 +74,8 @@ def check_database(engine: sa.Engine) -> None:
         current = MigrationContext.configure(connection).get_current_revision()
     head = head_revision()
     if current != head:
-        raise RuntimeError(f"schema at migration {current or 'none'}, expected {head}; "
-                           "run the migrations (drl serve does it on start)")
+        raise NotReady(f"schema at migration {current or 'none'}, expected {head}; "
+                       "run the migrations (drl serve does it on start)")
 
 
 def check_broker(celery_app: Celery) -> None:
