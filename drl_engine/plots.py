@@ -1,4 +1,4 @@
-"""Image grids (PNG) and probe-curve plots; files only, never a window.
+"""Image grids (PNG), probe-curve and code-usage plots; files only, never a window.
 
 Plots draw on matplotlib's Agg canvas directly (`FigureCanvasAgg`), without pyplot, so no GUI
 backend is ever loaded and the process-wide backend setting is left alone.
@@ -7,14 +7,17 @@ backend is ever loaded and the process-wide backend setting is left alone.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from .code_usage_table import CodeUsage
 from .probes import ProbeTable
 
 
@@ -99,6 +102,46 @@ def plot_probe_curves(table: ProbeTable, path: str | Path, title: str | None = N
                         color=line.get_color(), linestyle="none")
         ax.set_xlabel("diffusion time t")
         ax.set_ylabel("silhouette score" if cols == ["silhouette"] else "test accuracy")
+        ax.set_xlim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=100)
+
+
+def plot_code_usage(series: Sequence[CodeUsage], path: str | Path, title: str | None = None) -> None:
+    """PNG of the code-usage diagnostic against t, one curve per checkpoint (darker = later):
+    the share of the shuffled-code error that the true code removes (code_gain /
+    error_shuffled) and, with labels, the share the class alone removes (class_gain /
+    error_shuffled). Shares, not the absolute gains of code_usage.csv: the errors span orders of
+    magnitude over t (~std(t)^2 near t = 0), and a share of 0 (code unused) to 1 (the code
+    removes all of the error) reads the same at every t."""
+    if not series or not any(usage.rows for usage in series):
+        raise ValueError("code usage: nothing to plot (no checkpoints or no rows)")
+    labelled = any(row.class_gain is not None for usage in series for row in usage.rows)
+    panels = [("code_gain", "code_gain / error_shuffled")]
+    if labelled:
+        panels.append(("class_gain", "class_gain / error_shuffled"))
+    colours = colormaps["viridis_r"](np.linspace(0.15, 1.0, len(series)))
+
+    def share(row: Any, column: str) -> float:
+        gain = getattr(row, column)
+        return math.nan if gain is None or row.error_shuffled == 0 else gain / row.error_shuffled
+
+    fig = Figure(figsize=(5.5 * len(panels), 4.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    for i, (column, ylabel) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        for usage, colour in zip(series, colours):
+            ax.plot(usage.t_values, [share(row, column) for row in usage.rows], marker="o",
+                    markersize=3, color=colour, label=f"step {usage.step}")
+        ax.set_title(column)
+        ax.set_xlabel("diffusion time t")
+        ax.set_ylabel(ylabel)
         ax.set_xlim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
