@@ -5,12 +5,16 @@ Output layout (the service stores the same files under its artifact keys):
     DIR/embeddings/<split>_t=<t:.3f>.npy, DIR/embeddings/<split>_labels.npy
     DIR/probes.csv   (t,svc_100,svc_1000,linear,mlp,silhouette)
     DIR/probes.png   (accuracy against t)
+    DIR/code_usage.csv (step,t,error_true,error_shuffled,error_class_shuffled,code_gain,class_gain)
+    DIR/code_usage.png (code_gain and class_gain as shares of error_shuffled against t, one
+                        curve per checkpoint)
     DIR/samples.png
     DIR/metrics.json (spec, training summary, probe table with best t, sampling summary)
 
 Every kind that samples adds the FD-LeNet of samples.png's images against the test images
 (`fd_lenet`; needs labels); VDM kinds add the test-set bits/dim and each ELBO term
-(`bits_per_dim`).
+(`bits_per_dim`). drl and vdrl measure the code-usage diagnostic (code_usage.py) at every
+checkpoint and at the end; metrics.json's `code_usage` is the final one.
 `vdm_vae`: samples.png from z ~ N(0, I), plus reconstructions.png (test images over their
 reconstructions) and interpolations.png (each row: image a, decodes along the segment between
 the two codes, image b). `vdm` has no encoder: no embeddings or probes; samples.png is
@@ -31,12 +35,14 @@ import numpy as np
 import torch
 
 from .baselines import has_decoder, save_reconstructions
+from .code_usage import CodeUsageTracker
+from .code_usage_table import write_code_usage_csv
 from .datasets import ImageDataset, load_dataset
 from .device import resolve_device
 from .encode import Encodings, embedding_filename, encode_at
 from .fd_lenet import FD_LENET, fd_lenet
 from .generate import Generation, generate, generate_interpolations
-from .plots import plot_probe_curves, save_image_grid
+from .plots import plot_code_usage, plot_probe_curves, save_image_grid
 from .probes import ProbeTable, probe_sweep
 from .registry import kind_entry
 from .spec import ExperimentSpec, SampleSpec, generation_sample_spec, has_encoder, has_sampler
@@ -186,11 +192,21 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
     log(f"dataset {ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test images "
         f"of shape {tuple(ds.image_shape)} on {device}")
 
+    code_usage = CodeUsageTracker(spec, ds, device)
+    if code_usage.skip_reason is not None:
+        log(f"code-usage diagnostic skipped: {code_usage.skip_reason}")
     start = time.perf_counter()
-    result = train(spec, ds, out_dir / "checkpoints", progress=on_train_progress, device=device)
-    timings["train_s"] = time.perf_counter() - start
+    result = train(spec, ds, out_dir / "checkpoints", progress=on_train_progress, device=device,
+                   on_checkpoint_model=code_usage.callback)
+    timings["train_s"] = time.perf_counter() - start - code_usage.seconds
     model = result.model
     entry = kind_entry(spec.model.kind)
+    final_usage = code_usage.finish(model, result.step)
+    if final_usage is not None:
+        timings["code_usage_s"] = code_usage.seconds
+        write_code_usage_csv(code_usage.series, out_dir / "code_usage.csv")
+        plot_code_usage(code_usage.series, out_dir / "code_usage.png", title=spec.name or ds.name)
+        log(final_usage.format_table())
 
     bits = None
     if entry.reports_bits_per_dim:
@@ -264,6 +280,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
         "encode": ({"t_grid": sorted(encodings["test"].by_t),
                     "t_independent": encodings["test"].t_independent} if encodings else None),
         "probes": table.to_dict() if table else None,
+        "code_usage": final_usage.to_dict() if final_usage is not None else None,
         "sample": gen and {"sampler": sampler_name(spec.model.kind, sample_spec),
                    "code_source": sample_spec.code_source if has_encoder(spec.model.kind) else None,
                    "count": len(gen.images), "steps": gen.result.steps, "nfe": gen.result.nfe,

@@ -73,7 +73,21 @@ def test_run_digits_time_conditioned_writes_every_output(tmp_path):
     e1 = np.load(out / "embeddings" / "test_t=1.000.npy")
     assert not np.allclose(e0, e1)
 
-    for png in ("samples.png", "probes.png"):
+    # The code-usage diagnostic at each checkpoint (20, 30) and at the end (30: the same).
+    with (out / "code_usage.csv").open() as f:
+        usage = list(csv.DictReader(f))
+    assert list(usage[0]) == ["step", "t", "error_true", "error_shuffled", "error_class_shuffled",
+                              "code_gain", "class_gain"]
+    assert [(r["step"], r["t"]) for r in usage] == [
+        (step, t) for step in ("20", "30") for t in ("0.000", "0.500", "1.000")]
+    for row in usage:
+        assert float(row["code_gain"]) == float(row["error_shuffled"]) - float(row["error_true"])
+    final = metrics["code_usage"]
+    assert final["step"] == 30 and final["images"] == 100
+    assert [r["t"] for r in final["rows"]] == [0.0, 0.5, 1.0]
+    assert all(r["error_true"] >= 0 and r["class_gain"] is not None for r in final["rows"])
+
+    for png in ("samples.png", "probes.png", "code_usage.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (out / "checkpoints").glob("ckpt_*.pt"))[-1] == "ckpt_00000030.pt"
 

@@ -190,6 +190,32 @@ def test_should_stop_saves_and_returns_at_the_next_step(digits: ImageDataset, tm
     assert load_checkpoint(result.last_checkpoint)["step"] == 3
 
 
+def test_checkpoint_model_callback_sees_the_ema_weights_and_changes_nothing(
+        digits: ImageDataset, tmp_path: Path) -> None:
+    """on_checkpoint_model gets the EMA weights in eval mode after each checkpoint is saved; a
+    callback that draws from the global RNG (dropout's) and leaves eval mode on still leaves
+    the run bit-for-bit the run without it (dropout is on, so a lost RNG draw or a model left
+    in eval mode would change the steps after the first checkpoint)."""
+    seen: list[int] = []
+
+    def evaluate(model: nn.Module, step: int) -> None:
+        saved = load_checkpoint(checkpoint_path(tmp_path / "with", step))
+        assert not any(module.training for module in model.modules())
+        params = dict(model.named_parameters())
+        assert all(torch.equal(params[name], value) for name, value in saved["ema"]["shadow"].items())
+        torch.rand(3)
+        seen.append(step)
+
+    train(tiny_spec(iterations=5, checkpoint_every=2), digits, tmp_path / "with",
+          on_checkpoint_model=evaluate)
+    train(tiny_spec(iterations=5, checkpoint_every=2), digits, tmp_path / "without")
+    assert seen == [2, 4, 5]
+    a = load_checkpoint(checkpoint_path(tmp_path / "with", 5))
+    b = load_checkpoint(checkpoint_path(tmp_path / "without", 5))
+    for key in ("model", "ema", "optimizer", "rng"):
+        assert_same_tree(a[key], b[key], key)
+
+
 def test_checkpoints_every_interval_with_retention(digits: ImageDataset, tmp_path: Path) -> None:
     seen: list[tuple[int, bool]] = []
     train(tiny_spec(iterations=7, checkpoint_every=2), digits, tmp_path,
