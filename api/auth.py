@@ -7,7 +7,8 @@ password hash is enough here because the token is random, not a guessable passwo
 
 With `settings.auth_enabled` every endpoint but /healthz and /readyz needs
 `Authorization: Bearer <token>`; otherwise requests run as nobody (owner None).
-Only an experiment's owner may cancel or delete it.
+Only an experiment's owner may cancel or delete it. A revoked token is refused from the
+next request on: every request looks its token up, nothing caches it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import secrets
 from datetime import timedelta
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, contains_eager
 
 from api.problems import FORBIDDEN, UNAUTHORIZED, Problem
 from drl_core.job_states import utc_now
@@ -51,6 +52,44 @@ def create_token(session: Session, user_name: str, token_name: str) -> str:
                          prefix=token[:SHOWN_PREFIX_CHARS]))
     session.flush()
     return token
+
+
+def list_tokens(session: Session, user_name: str | None = None,
+                include_revoked: bool = False) -> list[ApiToken]:
+    """Tokens with their users, oldest first (only `user_name`'s if given). No listing can
+    show a token: the database holds its hash and first characters only."""
+    query = (sa.select(ApiToken).join(ApiToken.user).options(contains_eager(ApiToken.user))
+             .order_by(ApiToken.created_at, ApiToken.id))
+    if user_name is not None:
+        query = query.where(User.name == user_name)
+    if not include_revoked:
+        query = query.where(ApiToken.revoked_at.is_(None))
+    return list(session.scalars(query))
+
+
+def revoke_tokens(session: Session, user_name: str, token_name: str | None = None,
+                  prefix: str | None = None) -> list[ApiToken]:
+    """Revoke `user_name`'s active tokens, only those named `token_name` and / or with the
+    shown `prefix` if given; returns them. LookupError when nothing matches. Flushes but does
+    not commit: the caller's transaction."""
+    user = session.scalar(sa.select(User).where(User.name == user_name))
+    if user is None:
+        raise LookupError(f"no user {user_name!r}")
+    query = sa.select(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+    if token_name is not None:
+        query = query.where(ApiToken.name == token_name)
+    if prefix is not None:
+        query = query.where(ApiToken.prefix == prefix)
+    tokens = list(session.scalars(query))
+    if not tokens:
+        which = "".join(f" {what} {value!r}" for what, value in
+                        (("named", token_name), ("with prefix", prefix)) if value is not None)
+        raise LookupError(f"user {user_name!r} has no active token{which}")
+    now = utc_now()
+    for token in tokens:
+        token.revoked_at = now
+    session.flush()
+    return tokens
 
 
 def user_for_token(session: Session, token: str) -> User | None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from .errors import EXIT_FAILED, EXIT_USAGE, CLIError
+from .tables import format_table
 
 if TYPE_CHECKING:
     from drl_engine.spec import ExperimentSpec
@@ -209,13 +210,6 @@ def _progress(job: dict[str, Any]) -> str:
     return text
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines)
-
-
 def format_experiments(items: list[dict[str, Any]], total: int) -> str:
     rows = []
     for e in items:
@@ -223,7 +217,7 @@ def format_experiments(items: list[dict[str, Any]], total: int) -> str:
         rows.append([str(e["id"]), e["name"], e["status"], _progress(train) if train else "",
                      e["created_at"][:19].replace("T", " ")])
     shown = f"{len(items)} of {total} experiments"
-    return _table(["ID", "NAME", "STATUS", "TRAIN", "CREATED"], rows) + f"\n({shown})"
+    return format_table(["ID", "NAME", "STATUS", "TRAIN", "CREATED"], rows) + f"\n({shown})"
 
 
 def format_experiment(e: dict[str, Any]) -> str:
@@ -233,7 +227,7 @@ def format_experiment(e: dict[str, Any]) -> str:
         lines.append(f"failed at {e['failed_step']}: {e.get('error')}")
     rows = [[str(j["id"]), j["kind"], j["status"], _progress(j), f"{j['attempt']}/{j['max_attempts']}",
              " ".join((j.get("error") or "").split())[:80]] for j in e["jobs"]]
-    lines.append(_table(["JOB", "KIND", "STATUS", "PROGRESS", "ATTEMPT", "ERROR"], rows))
+    lines.append(format_table(["JOB", "KIND", "STATUS", "PROGRESS", "ATTEMPT", "ERROR"], rows))
     best = (e.get("summary") or {}).get("best_t")
     if best:
         lines.append("best t: " + ", ".join(f"{k} {v['value']:.3f} at t={v['t']:g}" for k, v in best.items()))
@@ -247,6 +241,6 @@ def format_samples(items: list[dict[str, Any]]) -> str:
         rows.append([str(s["job_id"]), s["status"], str(s.get("count") or ""), s.get("sampler") or "",
                      str(s.get("steps") or ""), s.get("code_source") or "",
                      "" if fd.get("value") is None else f"{fd['value']:.3f}"])
-    return (_table(["JOB", "STATUS", "COUNT", "SAMPLER", "STEPS", "CODES", "FD-LENET"], rows)
+    return (format_table(["JOB", "STATUS", "COUNT", "SAMPLER", "STEPS", "CODES", "FD-LENET"], rows)
             + f"\n({len(items)} sample jobs; FD-LeNet: Frechet distance to the test split in "
               "LeNet features, not an FID)")

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from api.auth import create_token
+from api.auth import create_token, list_tokens, revoke_tokens
 from api.main import create_app
 from api.request_limits import MAX_BODY_BYTES
 from api.routers.health import UNREPORTED_FAILURE
@@ -623,6 +623,22 @@ def test_only_the_owner_may_cancel_or_delete(auth_client: TestClient, tokens: di
 
     assert auth_client.post(f"/experiments/{experiment_id}/cancel", headers=alice).status_code == 200
     assert auth_client.delete(f"/experiments/{experiment_id}", headers=alice).status_code == 204
+
+
+def test_a_revoked_token_is_refused_at_once(auth_client: TestClient, tokens: dict[str, str],
+                                            session: Session) -> None:
+    assert auth_client.get("/experiments", headers=bearer(tokens["alice"])).status_code == 200
+    assert [t.name for t in revoke_tokens(session, "alice")] == ["laptop"]
+    session.commit()
+    assert_problem(auth_client.get("/experiments", headers=bearer(tokens["alice"])), 401)
+    assert auth_client.get("/experiments", headers=bearer(tokens["bob"])).status_code == 200
+    assert [(t.user.name, t.name) for t in list_tokens(session)] == [("bob", "laptop")]
+    assert [t.user.name for t in list_tokens(session, include_revoked=True)] == ["alice", "bob"]
+    assert list_tokens(session, "alice") == []
+    with pytest.raises(LookupError, match="'alice' has no active token"):
+        revoke_tokens(session, "alice")
+    with pytest.raises(LookupError, match="no user 'carol'"):
+        revoke_tokens(session, "carol")
 
 
 def test_tokens_are_stored_hashed(session: Session, tokens: dict[str, str]) -> None:

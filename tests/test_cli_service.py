@@ -1,11 +1,13 @@
 """The embedded service from the command line: `drl serve` in a subprocess (SQLite, local
 artifacts, filesystem broker and a real worker process, all under a temporary --home), driven
 by `drl submit`, `drl status` and `drl embeddings`; then stopped, leaving no process behind.
-And `drl token create` prints a token that the app accepts.
+And `drl token create` prints a token that the app accepts; `drl token list` shows tokens
+without them, `drl token revoke` makes the app refuse them at once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -187,6 +189,60 @@ def test_token_create_prints_a_token_that_authenticates(tmp_path: Path, data_dir
         assert client.get("/experiments", headers={"Authorization": f"Bearer {token}x"}).status_code == 401
     for database_file in home.glob("drl.db*"):  # the database and its WAL
         assert token.encode() not in database_file.read_bytes()
+
+
+def test_token_list_never_shows_a_token_and_revoke_refuses_it_at_once(tmp_path: Path,
+                                                                      data_dir: Path) -> None:
+    home = tmp_path / "home"
+    env = drl_env(home, data_dir)
+    tokens = {}
+    for user, label in (("alice", "laptop"), ("alice", "ci"), ("bob", "cli")):
+        created = drl("token", "create", user, "--label", label, "--home", str(home), env=env)
+        assert created.returncode == 0, created.stderr
+        tokens[user, label] = created.stdout.strip()
+
+    settings = Settings(home=home, database_url=None, broker_url=None, artifact_dir=None, auth_enabled=True)
+    with TestClient(create_app(settings)) as client:
+        def status(user: str, label: str) -> int:
+            headers = {"Authorization": f"Bearer {tokens[user, label]}"}
+            return client.get("/experiments", headers=headers).status_code
+
+        assert status("alice", "laptop") == 200   # used: the listing says when
+        listed = drl("token", "list", "--home", str(home), env=env)
+        assert listed.returncode == 0, listed.stderr
+        header, *rows, footer = listed.stdout.splitlines()
+        assert header.split() == ["USER", "LABEL", "PREFIX", "CREATED", "LAST", "USED"]
+        cells = [row.split() for row in rows]
+        assert [(c[0], c[1]) for c in cells] == [("alice", "laptop"), ("alice", "ci"), ("bob", "cli")]
+        assert cells[0][-1] != "-" and cells[1][-1] == "-"   # last used: laptop only
+        assert footer == "(3 active tokens; times in UTC)"
+        for token, row in zip(tokens.values(), cells):   # its first characters, never it or its hash
+            assert token.startswith(row[2].removesuffix("..."))
+            assert token not in listed.stdout
+            assert hashlib.sha256(token.encode()).hexdigest() not in listed.stdout
+
+        revoked = drl("token", "revoke", "alice", "--label", "laptop", "--home", str(home), env=env)
+        assert revoked.returncode == 0, revoked.stderr
+        assert revoked.stdout.startswith("revoked 1 token of 'alice': laptop")
+        # at once, by the app that was already running
+        assert (status("alice", "laptop"), status("alice", "ci"), status("bob", "cli")) == (401, 200, 200)
+        by_prefix = drl("token", "revoke", "bob", "--prefix", cells[2][2], "--home", str(home), env=env)
+        assert by_prefix.returncode == 0, by_prefix.stderr
+        assert status("bob", "cli") == 401
+
+    active = drl("token", "list", "--home", str(home), env=env).stdout.splitlines()
+    assert [line.split()[:2] for line in active[1:-1]] == [["alice", "ci"]]
+    everything = drl("token", "list", "--all", "--home", str(home), env=env).stdout.splitlines()
+    assert everything[0].split()[-1] == "REVOKED" and len(everything) == 5
+    assert drl("token", "list", "bob", "--home", str(home), env=env).stdout.splitlines()[-1] == (
+        "(0 active tokens; times in UTC)")
+
+    for args, message in (
+            (["carol"], "drl: error: no user 'carol'"),
+            (["alice", "--label", "laptop"], "drl: error: user 'alice' has no active token named 'laptop'")):
+        refused = drl("token", "revoke", *args, "--home", str(home), env=env)
+        assert refused.returncode == 2 and refused.stdout == ""
+        assert refused.stderr.startswith(message) and len(refused.stderr.splitlines()) == 1, refused.stderr
 
 
 def test_submit_sends_only_the_fields_the_spec_file_sets(tmp_path: Path) -> None:
