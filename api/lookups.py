@@ -8,9 +8,10 @@ import sqlalchemy as sa
 from fastapi import Path
 from sqlalchemy.orm import Session, selectinload
 
-from api.problems import NO_ENCODER, Problem, not_found
+from api.problems import NO_CODE_SCORE, NO_ENCODER, Problem, not_found
 from drl_core import experiments as service
 from drl_core.models import Artifact, Experiment, Job
+from drl_engine.spec import SCORE_MODEL_KINDS
 
 # Ids are 32-bit integer columns; a larger value can only be a miss, and PostgreSQL would
 # reject it as out of range, so it is refused as invalid up front.
@@ -42,6 +43,18 @@ def require_encoder(experiment: Experiment) -> None:
         service.require_encoder(experiment)
     except service.NoEncoder as err:
         raise no_encoder_problem(err, experiment) from None
+
+
+def require_code_conditioned_score(experiment: Experiment) -> None:
+    """A 422 (type no-code-conditioned-score) for an experiment whose model kind has no score
+    conditioned on a code (only drl and vdrl have one): nothing to measure code usage on."""
+    kind = service.experiment_kind(experiment)
+    if kind not in SCORE_MODEL_KINDS:
+        raise Problem(422, f"experiment {experiment.id} is model.kind {kind!r}, which has no "
+                           f"code-conditioned score (only {', '.join(SCORE_MODEL_KINDS)} have "
+                           "one): there is no code usage to measure",
+                      type=NO_CODE_SCORE, title="No code-conditioned score",
+                      experiment=experiment.id, kind=kind)
 
 
 def get_job(session: Session, job_id: int, experiment_id: int | None = None) -> Job:

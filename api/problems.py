@@ -56,6 +56,7 @@ FORBIDDEN = problem_type("forbidden")              # 403: not the experiment's o
 CONFLICT = problem_type("conflict")                # 409: idempotency key reused with another spec
 NOT_READY = problem_type("not-ready")              # 409: a result its job has not produced yet
 NO_ENCODER = problem_type("no-encoder")            # 422: the model kind has no code (vdm)
+NO_CODE_SCORE = problem_type("no-code-conditioned-score")  # 422: its score takes no code (not drl/vdrl)
 UNAVAILABLE = problem_type("service-unavailable")  # 503: database, broker or store down
 INTERNAL = problem_type("internal-error")          # 500: a bug; details only in the server log
 

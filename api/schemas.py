@@ -12,6 +12,7 @@ from pydantic.fields import FieldInfo
 
 from drl_core.job_states import JobStatus, experiment_status, failed_job
 from drl_core.models import Experiment, Job
+from drl_engine.code_usage_table import CodeUsage
 from drl_engine.spec import SampleSpec
 
 Split = Literal["train", "test"]
@@ -199,6 +200,43 @@ class ProbesOut(BaseModel):
     rows: list[dict[str, float | None]] = Field(description="one row per t: {t, column: value}")
     best: dict[str, BestT]
     t_values: list[float]
+
+
+class CodeUsageRowOut(BaseModel):
+    """The code-usage diagnostic at one t: mean squared error per pixel (in the model's data
+    range) of the denoised estimate of held-out test images, with three codes."""
+
+    t: float
+    error_true: float | None = Field(description="with each image's own code")
+    error_shuffled: float | None = Field(description="with codes permuted across the batch")
+    error_class_shuffled: float | None = Field(
+        description="with codes permuted within each class; null without labels")
+    code_gain: float | None = Field(description="error_shuffled - error_true: how much the code "
+                                                "helps at t")
+    class_gain: float | None = Field(description="error_shuffled - error_class_shuffled: how much "
+                                                 "of that the class explains; null without labels")
+
+
+class CodeUsageCheckpoint(BaseModel):
+    step: int = Field(description="the training step the EMA weights were measured at")
+    rows: list[CodeUsageRowOut] = Field(description="one row per t, in t order")
+
+
+class CodeUsageOut(BaseModel):
+    """At which noise levels the score model uses its code, at every checkpoint of training
+    (drl_engine/code_usage.py has the formulas)."""
+
+    experiment: int
+    t_values: list[float]
+    checkpoints: list[CodeUsageCheckpoint] = Field(description="in step order, the last one "
+                                                               "the trained model's")
+
+    @classmethod
+    def from_series(cls, experiment_id: int, series: list[CodeUsage]) -> CodeUsageOut:
+        return cls(experiment=experiment_id,
+                   t_values=sorted({t for usage in series for t in usage.t_values}),
+                   checkpoints=[CodeUsageCheckpoint(step=usage.step, rows=usage.to_dict()["rows"])
+                                for usage in series])
 
 
 class FDLeNetOut(BaseModel):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import logging
 import socket
 from collections.abc import Iterator
@@ -30,10 +31,12 @@ from api.request_limits import MAX_BODY_BYTES
 from api.routers.health import UNREPORTED_FAILURE
 from drl_core.artifact_keys import embedding_key, experiment_prefix, labels_key, probes_key, sample_key
 from drl_core.artifacts import LocalArtifactStore
+from drl_core.code_usage_metrics import code_usage_points
 from drl_core.db import session_factory
 from drl_core.job_states import heartbeat, transition
 from drl_core.models import ApiToken, Artifact, Experiment, Job, MetricPoint
 from drl_core.settings import Settings
+from drl_engine.code_usage_table import CodeUsage, CodeUsageRow
 
 pytest.register_assert_rewrite("worker_fixtures")
 from worker_fixtures import service_settings_for  # noqa: E402
@@ -687,3 +690,44 @@ def test_a_nul_byte_in_a_path_or_the_name_is_a_422_naming_it(
                                   422, field)
             assert "NUL byte" in body["detail"], body
     assert session.scalar(sa.select(sa.func.count()).select_from(Experiment)) == 0
+
+
+def test_code_usage(client: TestClient, session: Session) -> None:
+    experiment_id = submit(client)["id"]
+    url = f"/experiments/{experiment_id}/code-usage"
+    body = assert_problem(client.get(url), 404)
+    assert body["type"] == "urn:drl:problem:not-ready"
+    assert "train job" in body["detail"] and "queued" in body["detail"]
+
+    # What the train job records (worker/jobs/train.py): the errors at each checkpoint's step;
+    # a NaN error is not stored and reads back as null, other series are left alone.
+    train = job_of(session, experiment_id, "train")
+    measured = [CodeUsage(20, [CodeUsageRow(0.0, 0.5, 0.75, 0.625), CodeUsageRow(0.5, 0.25, 1.0, 0.5)]),
+                CodeUsage(30, [CodeUsageRow(0.0, 0.25, 0.5, 0.5), CodeUsageRow(0.5, 0.125, math.nan, 1.0)])]
+    session.add_all(MetricPoint(experiment_id=experiment_id, job_id=train.id, key=key,
+                                step=usage.step, value=value)
+                    for usage in measured for key, value in code_usage_points(usage).items())
+    session.add(MetricPoint(experiment_id=experiment_id, job_id=train.id, key="loss", step=20, value=3.0))
+    session.commit()
+    body = client.get(url).json()
+    assert body["experiment"] == experiment_id and body["t_values"] == [0.0, 0.5]
+    assert [c["step"] for c in body["checkpoints"]] == [20, 30]
+    assert body["checkpoints"][0]["rows"][0] == {
+        "t": 0.0, "error_true": 0.5, "error_shuffled": 0.75, "error_class_shuffled": 0.625,
+        "code_gain": 0.25, "class_gain": 0.125}
+    assert body["checkpoints"][1]["rows"][1] == {
+        "t": 0.5, "error_true": 0.125, "error_shuffled": None, "error_class_shuffled": 1.0,
+        "code_gain": None, "class_gain": None}
+    # Each error is also a plain metric series over training.
+    series = client.get(f"/experiments/{experiment_id}/metrics",
+                        params={"key": "code_usage/error_true/t_0.500"}).json()
+    assert [(p["step"], p["value"]) for p in series["points"]] == [(20, 0.25), (30, 0.125)]
+
+    # A kind whose score takes no code: 422; the diagnostic turned off: 404 saying so.
+    baseline = submit(client, {**TINY_SPEC, "model": {**TINY_SPEC["model"], "kind": "ae"}})["id"]
+    body = assert_problem(client.get(f"/experiments/{baseline}/code-usage"), 422)
+    assert body["type"] == "urn:drl:problem:no-code-conditioned-score" and body["kind"] == "ae"
+    off = submit(client, {**TINY_SPEC, "evaluate": {**TINY_SPEC["evaluate"], "code_usage_images": 0}})["id"]
+    body = assert_problem(client.get(f"/experiments/{off}/code-usage"), 404)
+    assert body["type"] == "urn:drl:problem:not-found" and "evaluate.code_usage_images" in body["detail"]
+    assert_problem(client.get("/experiments/424242/code-usage"), 404)

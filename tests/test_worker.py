@@ -15,15 +15,19 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 import torch
+from fastapi.testclient import TestClient
 
+from api.main import create_app
 from drl_core.artifact_keys import (
     SPLITS,
+    checkpoint_step,
     embedding_key,
     experiment_prefix,
     labels_key,
     probes_key,
     sample_key,
 )
+from drl_core.code_usage_metrics import code_usage_key
 from drl_core.experiments import (
     cancel_experiment,
     computed_embeddings,
@@ -36,6 +40,7 @@ from drl_core.job_states import JobStatus, transition, utc_now
 from drl_cli.main import main
 from drl_core.models import Artifact, Experiment, Job, MetricPoint
 from drl_engine.checkpoint import KEEP_LAST, load_model
+from drl_engine.code_usage import held_out_batch, measure_code_usage
 from drl_engine.datasets import load_dataset
 from drl_engine.encode import encode_at
 from worker.context import WorkerResources
@@ -150,6 +155,30 @@ def test_pipeline_stores_every_artifact(service: ServiceHarness, finished_experi
     assert summary["status"] == "succeeded" and summary["failed_step"] is None
     assert set(summary["probes"]["best"]) == set(table["columns"])
     assert summary["embeddings"] == {"train": T_GRID, "test": T_GRID}
+
+
+def test_train_records_the_code_usage_at_each_checkpoint(service: ServiceHarness,
+                                                         finished_experiment: int, tmp_path) -> None:
+    exp_id = finished_experiment
+    assert metric_steps(service, exp_id, code_usage_key("error_true", 0.5)) == [20, 30]
+    with TestClient(create_app(service.settings)) as client:
+        body = client.get(f"/experiments/{exp_id}/code-usage").json()
+    assert body["t_values"] == T_GRID and [c["step"] for c in body["checkpoints"]] == [20, 30]
+    final = body["checkpoints"][-1]["rows"]
+    assert all(row["error_class_shuffled"] is not None for row in final)   # digits has labels
+
+    # What the engine measures on the final checkpoint's EMA weights, on the same held-out batch.
+    newest = max((r.key for r in artifact_rows(service, exp_id) if r.kind == "checkpoint"),
+                 key=checkpoint_step)
+    model = load_model(service.store.download(newest, tmp_path / "ckpt.pt"), device="cpu")
+    spec = tiny_spec(model={"encoder": "time_conditioned"})
+    dataset = load_dataset(spec.dataset)
+    direct = measure_code_usage(model, held_out_batch(dataset.x_test, dataset.y_test, spec.evaluate),
+                                spec, torch.device("cpu"), step=30)
+    for served, measured in zip(final, direct.rows, strict=True):
+        assert served["t"] == measured.t
+        for measure in ("error_true", "error_shuffled", "error_class_shuffled"):
+            assert served[measure] == pytest.approx(getattr(measured, measure), rel=1e-5)
 
 
 def test_running_a_finished_job_again_writes_nothing(service: ServiceHarness,
@@ -297,6 +326,11 @@ def test_killed_worker_is_reaped_and_a_new_one_resumes(service: ServiceHarness) 
 
     # Re-run steps are recorded once, and every artifact exactly once.
     assert metric_steps(service, exp_id, "loss") == list(range(10, 121, 10))
+    # The code usage too, at checkpoint steps: every one after the resumed checkpoint (that
+    # checkpoint's own may have died with the worker).
+    measured = metric_steps(service, exp_id, code_usage_key("error_true", 0.5))
+    assert set(range(resumed[0] + 20, 121, 20)) <= set(measured) <= set(range(20, 121, 20))
+    assert len(measured) == len(set(measured))
     rows = assert_one_file_per_row(service, exp_id)
     checkpoints = [r.key for r in rows if r.kind == "checkpoint"]
     assert len(checkpoints) <= KEEP_LAST and checkpoints[-1].endswith("ckpt_00000120.pt")

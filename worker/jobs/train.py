@@ -12,12 +12,19 @@ kl_bpd, kl_weight when annealing; all: grad_norm). A likelihood model (vdm, vdm_
 reports its test-set bits/dim, the ELBO and each term (`pipeline.bits_per_dim_report`):
 stored as `metrics/bits_per_dim.json` (its row's meta carries the values, for the experiment
 summary) and as points test_bpd, test_bpd_<term> at the final step.
+
+drl and vdrl also measure the code-usage diagnostic (drl_engine/code_usage.py) at every
+checkpoint and at the end, recorded as points at that step under the keys of
+drl_core/code_usage_metrics.py (GET /experiments/{id}/code-usage serves them). A resumed
+attempt's points after its checkpoint are discarded with the others; a step measured again
+replaces its points.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +33,12 @@ import torch
 from torch import nn
 
 from drl_core.artifact_keys import ArtifactKind, checkpoint_key, metrics_key
+from drl_core.code_usage_metrics import PREFIX as CODE_USAGE_PREFIX
+from drl_core.code_usage_metrics import code_usage_points
 from drl_core.models import MetricPoint
 from drl_engine.checkpoint import KEEP_LAST
+from drl_engine.code_usage import CodeUsageTracker
+from drl_engine.code_usage_table import CodeUsage
 from drl_engine.pipeline import bits_per_dim_report, describe_bits_per_dim
 from drl_engine.registry import kind_entry
 from drl_engine.trainer import TrainProgress, train
@@ -50,13 +61,19 @@ def run(ctx: JobContext) -> None:
         ctx.log(f"attempt {ctx.attempt}: resuming from checkpoint step {resumed_step}")
     discard_metrics_after(ctx, resumed_step)
     dataset = job_dataset(ctx)
+    code_usage = CodeUsageTracker(ctx.spec, dataset, device,
+                                  on_measured=lambda usage: record_code_usage(ctx, usage))
+    if code_usage.skip_reason is not None:
+        ctx.log(f"code-usage diagnostic skipped: {code_usage.skip_reason}")
 
     result = train(ctx.spec, dataset, checkpoint_dir, device=device,
                    progress=lambda p: record_progress(ctx, p),
                    should_stop=ctx.should_stop,
-                   on_checkpoint=lambda path, step: upload_checkpoint(ctx, path, step))
+                   on_checkpoint=lambda path, step: upload_checkpoint(ctx, path, step),
+                   on_checkpoint_model=measure_unless_stopping(ctx, code_usage))
     if result.stopped:
         ctx.check()   # raises JobCancelled or JobLost: whichever made should_stop true
+    code_usage.finish(result.model, result.step)
     ctx.heartbeat.report(step=result.step, total=ctx.spec.train.total_steps)
     ctx.log(f"trained {result.step} steps on {device}; final loss {result.final_loss}")
     if kind_entry(ctx.spec.model.kind).reports_bits_per_dim:
@@ -116,6 +133,34 @@ def record_bits_per_dim(ctx: JobContext, model: nn.Module, x_test: torch.Tensor,
         for key, term in BITS_PER_DIM_KEYS.items()])
     ctx.session.commit()
     ctx.log(f"{describe_bits_per_dim(bits)} ({bits['images']} images)")
+
+
+def measure_unless_stopping(ctx: JobContext, tracker: CodeUsageTracker
+                            ) -> Callable[[nn.Module, int], None] | None:
+    """The tracker's checkpoint callback, skipped at the checkpoint a cancelled (or lost) run
+    saves on its way out, so stopping does not wait for a measurement nobody records."""
+    measure = tracker.callback
+    if measure is None:
+        return None
+
+    def at_checkpoint(model: nn.Module, step: int) -> None:
+        if not ctx.should_stop():
+            measure(model, step)
+    return at_checkpoint
+
+
+def record_code_usage(ctx: JobContext, usage: CodeUsage) -> None:
+    """One measurement's points at its step, replacing any recorded there before (a re-run
+    attempt measures its final step again)."""
+    ctx.ensure_held()
+    ctx.session.execute(sa.delete(MetricPoint).where(
+        MetricPoint.experiment_id == ctx.experiment_id, MetricPoint.step == usage.step,
+        MetricPoint.key.startswith(CODE_USAGE_PREFIX, autoescape=True)))
+    ctx.session.add_all([
+        MetricPoint(experiment_id=ctx.experiment_id, job_id=ctx.job_id, key=key,
+                    step=usage.step, value=value)
+        for key, value in code_usage_points(usage).items()])
+    ctx.session.commit()
 
 
 def upload_checkpoint(ctx: JobContext, path: Path, step: int) -> None:
