@@ -13,6 +13,7 @@ from . import client_cmd
 from . import token_cmd
 from . import reproduce_cmd
 from . import vdm_study_cmd
+from . import weighting_study_cmd
 from .errors import EXIT_USAGE, CLIError, fail
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     token_cmd.add_parser(sub)
     reproduce_cmd.add_parser(sub)
     vdm_study_cmd.add_parser(sub)
+    weighting_study_cmd.add_parser(sub)
     return parser
 
 

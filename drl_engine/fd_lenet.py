@@ -279,3 +279,20 @@ def fd_lenet(samples: np.ndarray | torch.Tensor, dataset: ImageDataset,
     stats_samples = feature_statistics(lenet_features(net, samples, device=device))
     stats_test = feature_statistics(lenet_features(net, dataset.x_test.cpu(), device=device))
     return frechet_distance(*stats_samples, *stats_test)
+
+
+def reconstruction_agreement(reconstructions: np.ndarray | torch.Tensor,
+                             source_labels: np.ndarray | torch.Tensor, dataset: ImageDataset,
+                             cache_dir: str | Path | None = None,
+                             settings: LeNetSettings = LeNetSettings(),
+                             device: torch.device | str = "cpu") -> float:
+    """The share of reconstructions (decoded from a test image's code; uint8 pixels or floats
+    in [0, 1]) that the dataset's FD-LeNet classifier labels as their source image's class:
+    whether the code carries the class through the decoder."""
+    labels = torch.as_tensor(source_labels).reshape(-1).cpu()
+    if len(labels) != len(reconstructions) or len(labels) == 0:
+        raise ValueError(f"reconstruction agreement: {len(reconstructions)} reconstructions "
+                         f"for {len(labels)} source labels (expected as many, at least one)")
+    net = load_or_train_lenet(dataset, cache_dir, settings, device).model
+    predicted = predict_labels(net, reconstructions, device=device)
+    return float((predicted == labels).double().mean())

@@ -8,6 +8,8 @@ D(E(x0)) for ae and vae (t-independent), and one row per t in RECONSTRUCTION_TS 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pathlib import Path
 
 import torch
@@ -24,8 +26,11 @@ def has_decoder(model: BaselineModel) -> bool:
 
 @torch.no_grad()
 def save_reconstructions(model: BaselineModel, x_uint8: torch.Tensor, path: Path, count: int,
-                         seed: int, device: torch.device) -> dict:
-    """Write the grid to `path`; returns {'count', 't', 'finite'} for metrics.json."""
+                         seed: int, device: torch.device,
+                         agreement: Callable[[torch.Tensor], float | None] | None = None) -> dict:
+    """Write the grid to `path`; returns {'count', 't', 'finite'} for metrics.json, plus
+    'reconstruction_agreement' = agreement(reconstructions in [0, 1]) for a static code
+    (one reconstruction per image) when `agreement` is given."""
     model.eval()
     x0 = model.pixels_to_model_range(x_uint8[:count].to(device))
     ts = RECONSTRUCTION_TS if model.time_conditioned else (0.0,)
@@ -34,5 +39,8 @@ def save_reconstructions(model: BaselineModel, x_uint8: torch.Tensor, path: Path
     for t in ts:
         rows.append(model.model_range_to_unit(model.reconstruct(x0, t, generator)).cpu())
     save_image_grid(torch.cat(rows), path, nrow=len(x0))
-    return {"count": len(x0), "t": list(ts) if model.time_conditioned else None,
+    meta = {"count": len(x0), "t": list(ts) if model.time_conditioned else None,
             "finite": bool(all(torch.isfinite(r).all() for r in rows))}
+    if agreement is not None and not model.time_conditioned:
+        meta["reconstruction_agreement"] = agreement(rows[1])
+    return meta
