@@ -13,7 +13,7 @@ from pydantic.fields import FieldInfo
 from drl_core.job_states import JobStatus, experiment_status, failed_job
 from drl_core.models import Experiment, Job
 from drl_engine.code_usage_table import CodeUsage
-from drl_engine.spec import SampleSpec
+from drl_engine.spec import EncoderWeights, SampleSpec
 
 Split = Literal["train", "test"]
 
@@ -89,8 +89,13 @@ def _job_fields(job: Job) -> dict[str, Any]:
 
 
 class BestT(BaseModel):
+    """A probe column's best t, chosen on the validation split (never on the test split)."""
+
     t: float
-    value: float
+    value: float | None = Field(description="the test value at t")
+    validation: float | None = Field(
+        default=None, description="the validation value at t, on which t was chosen (null in "
+                                  "probes computed before validation splits existed)")
 
 
 class BitsPerDim(BaseModel):
@@ -116,7 +121,12 @@ class ExperimentSummary(BaseModel):
     train_total: int | None
     images_per_s: float | None
     best_t: dict[str, BestT] | None = Field(
-        description="per probe column, the t with the best value; null until the probes ran")
+        description="per probe column, the t with the best validation value, and its test "
+                    "value; null until the probes ran")
+    control_best_t: dict[str, BestT] | None = Field(
+        default=None, description="the same for the untrained control (random_init: the same "
+                                  "architecture and seed, never trained); null until the "
+                                  "probes ran")
     embeddings: dict[str, list[float]] = Field(description="computed t values per split")
     has_encoder: bool = Field(default=True, description="false for a kind without a code (vdm): "
                               "no embeddings or probes")
@@ -132,7 +142,9 @@ class ExperimentSummary(BaseModel):
         return cls(
             last_loss=finite_or_none(progress.get("loss")), train_step=progress.get("step"),
             train_total=progress.get("total"), images_per_s=finite_or_none(progress.get("images_per_s")),
-            best_t=probes["best"] if probes else None, embeddings=summary.get("embeddings") or {},
+            best_t=probes["best"] if probes else None,
+            control_best_t=probes.get("control_best") if probes else None,
+            embeddings=summary.get("embeddings") or {},
             has_encoder=summary.get("has_encoder", True), bits_per_dim=summary.get("bits_per_dim"),
         )
 
@@ -195,10 +207,21 @@ class MetricSeries(BaseModel):
 
 
 class ProbesOut(BaseModel):
+    """Every probe's value at every t, for the trained encoder and for its untrained control
+    (random_init: the same architecture and seed before any training step, probed on the same
+    splits), so that an untrained code is never mistaken for a learned one."""
+
     experiment: int
     columns: list[str]
-    rows: list[dict[str, float | None]] = Field(description="one row per t: {t, column: value}")
-    best: dict[str, BestT]
+    rows: list[dict[str, float | None]] = Field(
+        description="the trained encoder, one row per t: {t, column: test value, "
+                    "val_<column>: validation value}")
+    best: dict[str, BestT] = Field(description="per column, the t with the best validation value")
+    control_rows: list[dict[str, float | None]] = Field(
+        default_factory=list, description="the untrained control's rows, in the same form "
+                                          "(empty in probes computed before controls existed)")
+    control_best: dict[str, BestT] = Field(default_factory=dict,
+                                           description="the untrained control's best t per column")
     t_values: list[float]
 
 
@@ -295,6 +318,9 @@ class EmbeddingPage(BaseModel):
     experiment: int
     t: float
     split: Split
+    encoder: EncoderWeights = Field(
+        description="whose codes: the trained encoder's or the untrained control's "
+                    "(random_init: the same architecture and seed, never trained)")
     total: int
     offset: int
     limit: int

@@ -3,6 +3,7 @@
     experiments/<id>/checkpoints/ckpt_00001000.pt
     experiments/<id>/embeddings/<split>/t=0.500.npy
     experiments/<id>/embeddings/<split>/labels.npy
+    experiments/<id>/embeddings/random_init/<split>/t=0.500.npy   (the untrained control's)
     experiments/<id>/probes/probes.json   (and probes.csv, probes.png)
     experiments/<id>/samples/<job_id>.png
     experiments/<id>/metrics/bits_per_dim.json   (VDM kinds: test-set bits/dim per ELBO term)
@@ -17,14 +18,22 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
-from drl_engine.spec import t_key  # one rounding for files, keys and the API
+from drl_engine.spec import (  # one rounding for files, keys and the API; the encoder names
+    ENCODER_WEIGHTS,
+    TRAINED,
+    EncoderWeights,
+    t_key,
+)
 
 
 class ArtifactKind(StrEnum):
     CHECKPOINT = "checkpoint"
     EMBEDDING = "embedding"   # meta {"split": "train"|"test", "t": 0.5}
+    # The untrained control's codes (random_init), meta as EMBEDDING's: a kind of their own, so
+    # that nothing listing an experiment's embeddings shows them unless it asks for them.
+    CONTROL_EMBEDDING = "control_embedding"
     LABELS = "labels"         # meta {"split": ...}
-    PROBES = "probes"         # meta {"format": "json"|"csv"|"png"}; the json row adds "best"
+    PROBES = "probes"         # meta {"format": "json"|"csv"|"png"}; the json row adds "best", "control_best"
     SAMPLE = "sample"         # meta {"job_id": N, "count", "sampler", "steps", "code_source", "fd_lenet" (when computed)}
     METRICS = "metrics"       # meta {"name": "bits_per_dim", "values": {...}}: what the file holds
 
@@ -57,8 +66,24 @@ def _split(split: str) -> str:
     return split
 
 
-def embedding_key(experiment_id: int, split: str, t: float) -> str:
-    return f"{experiment_prefix(experiment_id)}embeddings/{_split(split)}/t={t_key(t):.3f}.npy"
+def _encoder(encoder: str) -> EncoderWeights:
+    if encoder not in ENCODER_WEIGHTS:
+        raise ValueError(f"encoder: expected one of {', '.join(ENCODER_WEIGHTS)}, got {encoder!r}")
+    return encoder
+
+
+def embedding_kind(encoder: EncoderWeights = TRAINED) -> ArtifactKind:
+    """The Artifact kind of an encoder's stored codes: EMBEDDING, or CONTROL_EMBEDDING."""
+    return ArtifactKind.EMBEDDING if _encoder(encoder) == TRAINED else ArtifactKind.CONTROL_EMBEDDING
+
+
+def embedding_key(experiment_id: int, split: str, t: float,
+                  encoder: EncoderWeights = TRAINED) -> str:
+    """The trained encoder's codes at embeddings/<split>/, the untrained control's at
+    embeddings/random_init/<split>/."""
+    folder = "" if _encoder(encoder) == TRAINED else f"{encoder}/"
+    return (f"{experiment_prefix(experiment_id)}embeddings/{folder}{_split(split)}/"
+            f"t={t_key(t):.3f}.npy")
 
 
 def labels_key(experiment_id: int, split: str) -> str:

@@ -22,7 +22,8 @@ from celery import Celery
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from drl_core.artifact_keys import ArtifactKind, experiment_prefix, metrics_key, t_key
+from drl_core.artifact_keys import (ArtifactKind, embedding_kind, experiment_prefix,
+                                    metrics_key, t_key)
 from drl_core.artifacts import ArtifactStore
 from drl_core.dispatch import enqueue_job, enqueue_jobs, ready_jobs
 from drl_core.job_states import (
@@ -36,8 +37,8 @@ from drl_core.job_states import (
 )
 from drl_core.models import Artifact, Experiment, Job
 from drl_core.queue import QUEUE_FOR_KIND
-from drl_engine.spec import (ExperimentSpec, SpecError, generation_sample_spec, has_encoder,
-                              has_sampler, parse_spec)
+from drl_engine.spec import (TRAINED, EncoderWeights, ExperimentSpec, SpecError,
+                             generation_sample_spec, has_encoder, has_sampler, parse_spec)
 
 # A cancel that keeps losing compare-and-sets to a worker gives up after this many tries.
 _CANCEL_RETRIES = 5
@@ -297,10 +298,12 @@ def add_and_release(session: Session, job: Job, train: Job, celery_app: Celery |
 # --- reading -----------------------------------------------------------------------------
 
 
-def computed_embeddings(session: Session, experiment_id: int) -> dict[str, list[float]]:
-    """The t values with a stored embedding, per split: {"train": [...], "test": [...]}."""
+def computed_embeddings(session: Session, experiment_id: int,
+                        encoder: EncoderWeights = TRAINED) -> dict[str, list[float]]:
+    """The t values with a stored embedding, per split: {"train": [...], "test": [...]}; the
+    trained encoder's unless `encoder` asks for the untrained control's (random_init)."""
     rows = session.scalars(sa.select(Artifact).where(
-        Artifact.experiment_id == experiment_id, Artifact.kind == ArtifactKind.EMBEDDING.value))
+        Artifact.experiment_id == experiment_id, Artifact.kind == embedding_kind(encoder).value))
     found: dict[str, set[float]] = {"train": set(), "test": set()}
     for row in rows:
         found.setdefault(row.meta["split"], set()).add(t_key(row.meta["t"]))
@@ -308,13 +311,16 @@ def computed_embeddings(session: Session, experiment_id: int) -> dict[str, list[
 
 
 def probe_summary(session: Session, experiment_id: int) -> dict[str, Any] | None:
-    """{"best": {column: {"t", "value"}}, "key": ...} from the stored probes.json's row."""
+    """{"best": {column: {"t", "value", "validation"}}, "control_best": the same for the
+    untrained control, "key": ...} from the stored probes.json's row (best t chosen on the
+    validation split)."""
     row = session.scalars(sa.select(Artifact).where(
         Artifact.experiment_id == experiment_id, Artifact.kind == ArtifactKind.PROBES.value,
         Artifact.key.like("%.json"))).one_or_none()
     if row is None:
         return None
-    return {"best": row.meta.get("best", {}), "key": row.key}
+    return {"best": row.meta.get("best", {}), "control_best": row.meta.get("control_best"),
+            "key": row.key}
 
 
 def bits_per_dim_summary(session: Session, experiment_id: int) -> dict[str, Any] | None:

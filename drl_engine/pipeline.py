@@ -3,13 +3,16 @@
 Output layout (the service stores the same files under its artifact keys):
     DIR/checkpoints/ckpt_XXXXXXXX.pt
     DIR/embeddings/<split>_t=<t:.3f>.npy, DIR/embeddings/<split>_labels.npy
-    DIR/probes.csv   (t,svc_100,svc_1000,linear,mlp,silhouette)
-    DIR/probes.png   (accuracy against t)
+    DIR/embeddings/random_init/<split>_t=<t:.3f>.npy   (the untrained control's codes)
+    DIR/probes.csv   (encoder,t,<columns>,val_<columns>: test and validation values per t,
+                      for encoder trained and for its untrained control random_init)
+    DIR/probes.png   (accuracy against t; the untrained control dashed)
     DIR/code_usage.csv (step,t,error_true,error_shuffled,error_class_shuffled,code_gain,class_gain)
     DIR/code_usage.png (code_gain and class_gain as shares of error_shuffled against t, one
                         curve per checkpoint)
     DIR/samples.png
-    DIR/metrics.json (spec, training summary, probe table with best t, sampling summary)
+    DIR/metrics.json (spec, training summary, probe table with best t chosen on validation
+                      and its control's, sampling summary)
 
 Every kind that samples adds the FD-LeNet of samples.png's images against the test images
 (`fd_lenet`; needs labels); VDM kinds add the test-set bits/dim and each ELBO term
@@ -44,8 +47,9 @@ from .fd_lenet import FD_LENET, fd_lenet
 from .generate import Generation, generate, generate_interpolations
 from .plots import plot_code_usage, plot_probe_curves, save_image_grid
 from .probes import ProbeTable, probe_sweep
-from .registry import kind_entry
-from .spec import ExperimentSpec, SampleSpec, generation_sample_spec, has_encoder, has_sampler
+from .registry import kind_entry, untrained_model
+from .spec import (RANDOM_INIT, TRAINED, EncoderWeights, ExperimentSpec, SampleSpec,
+                   generation_sample_spec, has_encoder, has_sampler)
 from .trainer import TrainProgress, train
 from .vdm.evaluate import evaluate_bits_per_dim
 
@@ -74,6 +78,17 @@ def write_embeddings(out_dir: Path, split: str, encodings: Encodings,
         np.save(path, labels.cpu().numpy().astype(np.int64))
         paths.append(path)
     return paths
+
+
+def embeddings_dir(out_dir: Path, encoder: EncoderWeights) -> Path:
+    """DIR/embeddings for the trained encoder's codes, DIR/embeddings/random_init for the
+    untrained control's (its labels are the trained encoder's, stored once)."""
+    return out_dir / "embeddings" if encoder == TRAINED else out_dir / "embeddings" / encoder
+
+
+def probe_pairs(codes: dict[str, Encodings]) -> dict[float, tuple[np.ndarray, np.ndarray]]:
+    """{t: (train codes, test codes)}, what `probe_sweep` takes."""
+    return {t: (codes["train"].by_t[t], codes["test"].by_t[t]) for t in codes["test"].by_t}
 
 
 def grid_width(n: int, target: int) -> int:
@@ -215,22 +230,29 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
         timings["bits_per_dim_s"] = time.perf_counter() - start
         log(describe_bits_per_dim(bits))
 
-    encodings: dict[str, Encodings] = {}
+    # {encoder: {split: codes}}: the trained encoder's, and its untrained control's (the same
+    # architecture and seed before any step), which is encoded and probed identically.
+    encodings: dict[str, dict[str, Encodings]] = {}
     table = None
     if has_encoder(spec.model.kind):
         start = time.perf_counter()
-        for split, x, y in (("train", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):
-            encodings[split] = encode_at(model, x, spec.evaluate.t_grid, spec.evaluate.batch_size, device)
-            write_embeddings(out_dir / "embeddings", split, encodings[split], y)
+        encoders = {TRAINED: model, RANDOM_INIT: untrained_model(spec, ds).to(device)}
+        for encoder, net in encoders.items():
+            encodings[encoder] = {}
+            for split, x, y in (("train", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):
+                codes = encode_at(net, x, spec.evaluate.t_grid, spec.evaluate.batch_size, device)
+                write_embeddings(embeddings_dir(out_dir, encoder), split, codes,
+                                 y if encoder == TRAINED else None)
+                encodings[encoder][split] = codes
         timings["encode_s"] = time.perf_counter() - start
     else:
         log(f"model.kind {spec.model.kind!r} has no encoder: encode and probe stages skipped")
 
     if encodings and ds.y_train is not None and ds.y_test is not None:
         start = time.perf_counter()
-        pairs = {t: (encodings["train"].by_t[t], encodings["test"].by_t[t])
-                 for t in encodings["test"].by_t}
-        table = probe_sweep(pairs, ds.y_train.cpu().numpy(), ds.y_test.cpu().numpy(), spec.evaluate)
+        table = probe_sweep(probe_pairs(encodings[TRAINED]), ds.y_train.cpu().numpy(),
+                            ds.y_test.cpu().numpy(), spec.evaluate,
+                            control=probe_pairs(encodings[RANDOM_INIT]))
         table.to_csv(out_dir / "probes.csv")
         plot_probe_curves(table, out_dir / "probes.png", title=spec.name or ds.name)
         timings["probe_s"] = time.perf_counter() - start
@@ -277,8 +299,9 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
                   "images_per_s": spec.train.batch_size * result.step / max(timings["train_s"], 1e-9),
                   "device": str(device)},
         "bits_per_dim": bits,
-        "encode": ({"t_grid": sorted(encodings["test"].by_t),
-                    "t_independent": encodings["test"].t_independent} if encodings else None),
+        "encode": ({"t_grid": sorted(encodings[TRAINED]["test"].by_t),
+                    "t_independent": encodings[TRAINED]["test"].t_independent,
+                    "control": RANDOM_INIT} if encodings else None),
         "probes": table.to_dict() if table else None,
         "code_usage": final_usage.to_dict() if final_usage is not None else None,
         "sample": gen and {"sampler": sampler_name(spec.model.kind, sample_spec),

@@ -76,9 +76,11 @@ def save_image_grid(images: Any, path: str | Path, nrow: int | None = None) -> N
     grid.save(path, format="PNG")
 
 
-def plot_probe_curves(table: ProbeTable, path: str | Path, title: str | None = None) -> None:
-    """PNG of probe results against t: accuracies (svc_*, linear, mlp) in one panel, the
-    silhouette in a second; a star marks each curve's best t (named in the legend)."""
+def probe_curves_figure(table: ProbeTable, title: str | None = None) -> Figure:
+    """Probe results (test values) against t: accuracies (svc_*, linear, mlp) in one panel,
+    the silhouette in a second. A star marks each curve's best t (chosen on the validation
+    split, named in the legend); the untrained control (random_init) is drawn dashed in its
+    curve's colour, so a curve it matches is seen to be no learned gain."""
     if not table.rows or not table.columns:
         raise ValueError("probe table: nothing to plot (no rows or no columns)")
     accuracy = [c for c in table.columns if c != "silhouette"]
@@ -86,6 +88,7 @@ def plot_probe_curves(table: ProbeTable, path: str | Path, title: str | None = N
               if cols]
     best = table.best()
     ts = [row["t"] for row in table.rows]
+    control_ts = [row["t"] for row in table.control_rows]
 
     fig = Figure(figsize=(5.5 * len(panels), 4.0), layout="constrained")
     FigureCanvasAgg(fig)
@@ -100,6 +103,14 @@ def plot_probe_curves(table: ProbeTable, path: str | Path, title: str | None = N
             if col in best:
                 ax.plot([best[col]["t"]], [best[col]["value"]], marker="*", markersize=12,
                         color=line.get_color(), linestyle="none")
+            if table.control_rows:
+                ax.plot(control_ts, [row.get(col, math.nan) for row in table.control_rows],
+                        linestyle="--", linewidth=1, color=line.get_color(),
+                        gid=f"random_init:{col}")
+        if table.control_rows:
+            # One legend entry for every dashed curve, rather than one per column.
+            ax.plot([], [], linestyle="--", linewidth=1, color="grey",
+                    label="dashed: random_init (untrained)")
         ax.set_xlabel("diffusion time t")
         ax.set_ylabel("silhouette score" if cols == ["silhouette"] else "test accuracy")
         ax.set_xlim(-0.02, 1.02)
@@ -107,6 +118,12 @@ def plot_probe_curves(table: ProbeTable, path: str | Path, title: str | None = N
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def plot_probe_curves(table: ProbeTable, path: str | Path, title: str | None = None) -> None:
+    """`probe_curves_figure` as a PNG (parent folders are created)."""
+    fig = probe_curves_figure(table, title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=100)

@@ -36,6 +36,7 @@ from drl_core.db import session_factory
 from drl_core.job_states import heartbeat, transition
 from drl_core.models import ApiToken, Artifact, Experiment, Job, MetricPoint
 from drl_core.settings import Settings
+from drl_engine.probes import ProbeTable
 from drl_engine.code_usage_table import CodeUsage, CodeUsageRow
 
 pytest.register_assert_rewrite("worker_fixtures")
@@ -327,10 +328,12 @@ def test_experiment_shows_progress_failed_step_and_summary(
     assert body["status"] == "running"  # the downstream jobs are still queued: not settled here
     assert (body["failed_step"], body["error"]) == ("train", "CUDA out of memory")
 
-    best = {"svc_20": {"t": 0.5, "value": 0.8}}
+    best = {"svc_20": {"t": 0.5, "value": 0.8, "validation": 0.85}}
+    control_best = {"svc_20": {"t": 0.0, "value": 0.3, "validation": 0.25}}
     put_artifact(session, store, experiment_id, "probes", probes_key(experiment_id), b"{}",
-                 format="json", best=best)
-    assert client.get(f"/experiments/{experiment_id}").json()["summary"]["best_t"] == best
+                 format="json", best=best, control_best=control_best)
+    summary = client.get(f"/experiments/{experiment_id}").json()["summary"]
+    assert (summary["best_t"], summary["control_best_t"]) == (best, control_best)
 
 
 def test_cancel_and_delete(client: TestClient, session: Session, store: LocalArtifactStore) -> None:
@@ -454,17 +457,57 @@ def test_probes(client: TestClient, session: Session, store: LocalArtifactStore)
     experiment_id = submit(client)["id"]
     body = assert_problem(client.get(f"/experiments/{experiment_id}/probes"), 404)
     assert "probe job" in body["detail"] and "queued" in body["detail"]
-    table = {
-        "columns": ["svc_20", "linear"],
-        "rows": [{"t": 0.0, "svc_20": 0.5, "linear": 0.6}, {"t": 0.5, "svc_20": 0.9, "linear": None},
-                 {"t": 1.0, "svc_20": 0.7, "linear": 0.65}],
-        "best": {"svc_20": {"t": 0.5, "value": 0.9}, "linear": {"t": 1.0, "value": 0.65}},
-    }
+    # As the probe job stores it: the test split favours t = 0.5, validation t = 1.0.
+    table = ProbeTable(columns=["svc_20", "linear"], rows=[
+        {"t": 0.0, "svc_20": 0.5, "val_svc_20": 0.5, "linear": 0.6, "val_linear": 0.6},
+        {"t": 0.5, "svc_20": 0.9, "val_svc_20": 0.7, "linear": math.nan, "val_linear": 0.62},
+        {"t": 1.0, "svc_20": 0.7, "val_svc_20": 0.8, "linear": 0.65, "val_linear": 0.61},
+    ], control_rows=[
+        {"t": t, "svc_20": 0.2, "val_svc_20": 0.25, "linear": 0.3, "val_linear": 0.3}
+        for t in (0.0, 0.5, 1.0)]).to_dict()
     put_artifact(session, store, experiment_id, "probes", probes_key(experiment_id),
                  json.dumps(table).encode(), format="json", best=table["best"])
     body = client.get(f"/experiments/{experiment_id}/probes").json()
     assert body["t_values"] == [0.0, 0.5, 1.0]
     assert body["rows"] == table["rows"] and body["best"] == table["best"]
+    assert body["best"]["svc_20"] == {"t": 1.0, "value": 0.7, "validation": 0.8}
+    assert body["best"]["linear"] == {"t": 0.5, "value": None, "validation": 0.62}
+    assert body["control_rows"] == table["control_rows"] and len(body["control_rows"]) == 3
+    assert body["control_best"]["svc_20"] == {"t": 0.0, "value": 0.2, "validation": 0.25}
+
+    # Probes stored before validation splits and controls existed are still served.
+    old = {"columns": ["svc_20"], "rows": [{"t": 0.5, "svc_20": 0.9}],
+           "best": {"svc_20": {"t": 0.5, "value": 0.9}}}
+    store.put_bytes(probes_key(experiment_id), json.dumps(old).encode())
+    body = client.get(f"/experiments/{experiment_id}/probes").json()
+    assert body["best"] == {"svc_20": {"t": 0.5, "value": 0.9, "validation": None}}
+    assert (body["control_rows"], body["control_best"]) == ([], {})
+
+
+def test_control_embeddings_only_when_asked(client: TestClient, session: Session,
+                                            store: LocalArtifactStore) -> None:
+    experiment_id = submit(client)["id"]
+    control = np.arange(8, dtype=np.float32).reshape(4, 2)
+    put_artifact(session, store, experiment_id, "control_embedding",
+                 embedding_key(experiment_id, "test", 0.5, "random_init"), npy_bytes(control),
+                 split="test", t=0.5)
+    params = {"experiment": experiment_id, "t": 0.5}
+    # Not among the trained encoder's embeddings...
+    body = assert_problem(client.get("/embeddings", params=params), 404)
+    assert body["computed_t"] == [] and "encode job" in body["detail"]
+    assert client.get(f"/experiments/{experiment_id}").json()["summary"]["embeddings"] == \
+        {"train": [], "test": []}
+    # ...but served when asked for.
+    page = client.get("/embeddings", params=params | {"encoder": "random_init"}).json()
+    assert (page["encoder"], page["total"]) == ("random_init", 4)
+    np.testing.assert_array_equal(np.array([i["vector"] for i in page["items"]], np.float32), control)
+    npy = client.get("/embeddings", params=params | {"encoder": "random_init", "format": "npy"})
+    assert "random_init" in npy.headers["content-disposition"]
+    body = assert_problem(client.get("/embeddings", params=params | {"encoder": "random_init",
+                                                                    "t": 0.25}), 404)
+    assert body["computed_t"] == [0.5] and "random_init control" in body["detail"]
+    assert_problem(client.get("/embeddings", params=params | {"encoder": "untrained"}), 422,
+                   "encoder")
 
 
 def test_encodings_request(client: TestClient, session: Session) -> None:

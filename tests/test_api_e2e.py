@@ -96,8 +96,23 @@ def test_pipeline_through_the_api(client: TestClient, service: ServiceHarness, t
 
     probes = client.get(f"/experiments/{experiment_id}/probes").json()
     assert probes["t_values"] == [0.0, 0.5, 1.0]
-    assert {"svc_20", "svc_50", "linear", "mlp", "silhouette"} <= set(probes["columns"])
-    assert set(probes["best"]) == set(probes["columns"])
+    assert {"svc_20", "svc_50", "svc_20_std", "svc_50_std", "linear", "mlp",
+            "silhouette"} <= set(probes["columns"])
+    # Beside the trained encoder, its untrained control; each best t chosen on validation.
+    assert [r["t"] for r in probes["control_rows"]] == probes["t_values"]
+    for best, rows in ((probes["best"], probes["rows"]),
+                       (probes["control_best"], probes["control_rows"])):
+        assert set(best) == set(probes["columns"])
+        for column, chosen in best.items():
+            validation = [r[f"val_{column}"] for r in rows]
+            assert chosen["t"] == rows[validation.index(max(validation))]["t"]
+            assert chosen["validation"] == max(validation)
+    assert body["summary"]["control_best_t"] == probes["control_best"]
+    # The control's codes are served only when asked for.
+    control = client.get("/embeddings", params={"experiment": experiment_id, "t": 0.5,
+                                                "encoder": "random_init"}).json()
+    assert (control["encoder"], control["total"], control["dim"]) == ("random_init", 100, 4)
+    assert not np.allclose(np.array([item["vector"] for item in control["items"]]), served)
 
     sample_job = next(j for j in body["jobs"] if j["kind"] == "sample")
     png = client.get(f"/experiments/{experiment_id}/samples/{sample_job['id']}.png")

@@ -154,10 +154,12 @@ def test_drl_run_trains_encodes_and_probes_a_dae_on_digits(tmp_path):
 
     with (out / "probes.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [r["t"] for r in rows] == ["0.000", "0.500", "1.000"]
+    # The baseline's rows, then its untrained control's (probed the same way).
+    assert [(r["encoder"], r["t"]) for r in rows] == [
+        (encoder, t) for encoder in ("trained", "random_init") for t in ("0.000", "0.500", "1.000")]
     for row in rows:
-        for col in ("svc_20", "svc_50", "linear"):
-            assert 0.0 <= float(row[col]) <= 1.0
+        for col in ("svc_20", "svc_50", "svc_20_std", "svc_50_std", "linear"):
+            assert 0.0 <= float(row[col]) <= 1.0 and 0.0 <= float(row[f"val_{col}"]) <= 1.0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 12 and math.isfinite(metrics["train"]["final_loss"])
     assert metrics["encode"]["t_independent"] is False

@@ -54,13 +54,31 @@ def test_run_digits_time_conditioned_writes_every_output(tmp_path):
     # Every kind that samples reports the FD-LeNet of samples.png, as the service's jobs do.
     assert metrics["fd_lenet"]["samples"] == 4 and metrics["fd_lenet"]["value"] >= 0
 
+    columns = ["svc_20", "svc_50", "svc_20_std", "svc_50_std", "linear", "mlp", "silhouette"]
     rows = read_probes(out / "probes.csv")
-    assert list(rows[0]) == ["t", "svc_20", "svc_50", "linear", "mlp", "silhouette"]
-    assert [r["t"] for r in rows] == ["0.000", "0.500", "1.000"]
+    assert list(rows[0]) == ["encoder", "t", *columns, *(f"val_{c}" for c in columns)]
+    # The trained encoder's rows, then its untrained control's, at the same t.
+    assert [(r["encoder"], r["t"]) for r in rows] == [
+        (encoder, t) for encoder in ("trained", "random_init") for t in ("0.000", "0.500", "1.000")]
     for row in rows:
-        for col in ("svc_20", "svc_50", "linear", "mlp"):
-            assert 0.0 <= float(row[col]) <= 1.0
+        for col in columns[:-1]:
+            assert 0.0 <= float(row[col]) <= 1.0 and 0.0 <= float(row[f"val_{col}"]) <= 1.0
         assert -1.0 <= float(row["silhouette"]) <= 1.0
+    # metrics.json: both tables, each with its best t chosen on the validation split.
+    probes = metrics["probes"]
+    assert probes["columns"] == columns
+    assert [r["t"] for r in probes["control_rows"]] == [r["t"] for r in probes["rows"]] == [0.0, 0.5, 1.0]
+    for best, table_rows in ((probes["best"], probes["rows"]),
+                             (probes["control_best"], probes["control_rows"])):
+        assert set(best) == set(columns)
+        for col, chosen in best.items():
+            validation = [r[f"val_{col}"] for r in table_rows]
+            assert chosen["validation"] == max(validation)
+            assert chosen["t"] == table_rows[validation.index(max(validation))]["t"]
+    # The control was encoded by an untrained model of the same architecture and seed.
+    control = np.load(out / "embeddings" / "random_init" / "test_t=0.500.npy")
+    assert control.shape == (100, 4) and not np.allclose(
+        control, np.load(out / "embeddings" / "test_t=0.500.npy"))
 
     for split, n in (("train", 300), ("test", 100)):
         labels = np.load(out / "embeddings" / f"{split}_labels.npy")
@@ -109,6 +127,8 @@ def test_run_on_user_npz_static_encoder(tmp_path):
     rows = read_probes(out / "probes.csv")
     # A static encoder's codes do not depend on t: identical rows, identical files.
     assert rows[0]["svc_10"] == rows[1]["svc_10"]
+    assert [r["encoder"] for r in rows] == ["trained", "trained", "random_init", "random_init"]
+    assert rows[2]["svc_10_std"] == rows[3]["svc_10_std"]
     a = np.load(out / "embeddings" / "test_t=0.200.npy")
     b = np.load(out / "embeddings" / "test_t=0.800.npy")
     assert np.array_equal(a, b) and a.shape == (24, 4)  # seeded 10% test split

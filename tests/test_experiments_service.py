@@ -14,6 +14,7 @@ from drl_core.artifact_keys import (
     checkpoint_key,
     checkpoint_step,
     embedding_key,
+    embedding_kind,
     experiment_prefix,
     labels_key,
     probes_key,
@@ -26,6 +27,7 @@ from drl_core.experiments import (
     IdempotencyConflict,
     NotReady,
     cancel_experiment,
+    computed_embeddings,
     create_experiment,
     delete_experiment,
     experiment_summary,
@@ -235,17 +237,25 @@ def test_failure_settles_downstream_and_the_summary_names_the_step(pg_session: S
 
 def test_summary_reports_best_t_and_computed_embeddings(pg_session: Session, queue) -> None:
     experiment, _ = create(pg_session, queue)
-    best = {"linear": {"t": 0.5, "value": 0.9}}
-    rows = [("probes", probes_key(experiment.id, "json"), {"format": "json", "best": best}),
+    best = {"linear": {"t": 0.5, "value": 0.9, "validation": 0.88}}
+    control_best = {"linear": {"t": 0.0, "value": 0.4, "validation": 0.41}}
+    rows = [("probes", probes_key(experiment.id, "json"),
+             {"format": "json", "best": best, "control_best": control_best}),
             ("embedding", embedding_key(experiment.id, "test", 0.5), {"split": "test", "t": 0.5}),
             ("embedding", embedding_key(experiment.id, "test", 0.0), {"split": "test", "t": 0.0}),
+            ("control_embedding", embedding_key(experiment.id, "test", 0.25, "random_init"),
+             {"split": "test", "t": 0.25}),
             ("labels", labels_key(experiment.id, "test"), {"split": "test"})]
     for kind, key, meta in rows:
         upsert_artifact(pg_session, experiment.id, None, kind, StoredArtifact(key, 1, "0" * 64), meta)
     pg_session.commit()
     summary = experiment_summary(pg_session, experiment)
-    assert summary["probes"] == {"best": best, "key": probes_key(experiment.id, "json")}
+    assert summary["probes"] == {"best": best, "control_best": control_best,
+                                 "key": probes_key(experiment.id, "json")}
+    # The untrained control's codes are listed only when asked for.
     assert summary["embeddings"] == {"train": [], "test": [0.0, 0.5]}
+    assert computed_embeddings(pg_session, experiment.id, "random_init") == {"train": [],
+                                                                             "test": [0.25]}
     assert summary["status"] == "queued" and summary["failed_step"] is None
 
 
@@ -269,6 +279,10 @@ def test_artifact_keys() -> None:
     assert checkpoint_step(checkpoint_key(3, 1000)) == 1000
     assert embedding_key(3, "test", 0.5) == "experiments/3/embeddings/test/t=0.500.npy"
     assert embedding_key(3, "train", 0.1 + 0.2) == "experiments/3/embeddings/train/t=0.300.npy"
+    assert embedding_key(3, "test", 0.5, "random_init") == \
+        "experiments/3/embeddings/random_init/test/t=0.500.npy"
+    assert (embedding_kind("trained"), embedding_kind("random_init")) == (
+        "embedding", "control_embedding")
     assert labels_key(3, "train") == "experiments/3/embeddings/train/labels.npy"
     assert probes_key(3) == "experiments/3/probes/probes.json"
     assert probes_key(3, "png") == "experiments/3/probes/probes.png"
@@ -277,6 +291,8 @@ def test_artifact_keys() -> None:
         assert t_key(t) == engine_t_key(t)
     with pytest.raises(ValueError, match="split: expected one of train, test, got 'val'"):
         embedding_key(3, "val", 0.5)
+    with pytest.raises(ValueError, match="encoder: expected one of trained, random_init"):
+        embedding_key(3, "test", 0.5, "untrained")
     with pytest.raises(ValueError, match="not a checkpoint key"):
         checkpoint_step("experiments/3/samples/1.png")
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from drl_engine.pipeline import grid_width
-from drl_engine.plots import image_grid, plot_probe_curves, save_image_grid
+from drl_engine.plots import image_grid, plot_probe_curves, probe_curves_figure, save_image_grid
 from drl_engine.probes import ProbeTable
 
 
@@ -68,6 +68,26 @@ def test_plot_probe_curves_png(tmp_path):
     assert path.stat().st_size > 1000
     with Image.open(path) as img:
         assert img.format == "PNG" and img.size[0] > img.size[1]
+
+
+def test_probe_curves_draw_the_control_dashed_in_the_same_colour():
+    columns = ["svc_100", "linear", "silhouette"]
+    rows = [{"t": t, **{c: 0.8 for c in columns}, **{f"val_{c}": 0.8 for c in columns}}
+            for t in (0.0, 0.5, 1.0)]
+    control = [{**row, **{c: 0.2 for c in columns}} for row in rows]
+    fig = probe_curves_figure(ProbeTable(columns, rows, control), title="with control")
+    lines = [line for ax in fig.axes for line in ax.get_lines()]
+    for column in columns:
+        solid = next(line for line in lines if line.get_label().startswith(column + " "))
+        dashed = next(line for line in lines if line.get_gid() == f"random_init:{column}")
+        assert dashed.get_linestyle() == "--" and solid.get_linestyle() == "-"
+        assert dashed.get_color() == solid.get_color()
+        assert list(dashed.get_ydata()) == [0.2] * 3
+    assert any("random_init" in text.get_text() for ax in fig.axes
+               for text in ax.get_legend().get_texts())
+    # Without a control there are no dashed curves.
+    plain = probe_curves_figure(ProbeTable(columns, rows))
+    assert not [line for ax in plain.axes for line in ax.get_lines() if line.get_linestyle() == "--"]
 
 
 def test_plots_never_load_pyplot():

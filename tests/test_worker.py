@@ -43,6 +43,7 @@ from drl_engine.checkpoint import KEEP_LAST, load_model
 from drl_engine.code_usage import held_out_batch, measure_code_usage
 from drl_engine.datasets import load_dataset
 from drl_engine.encode import encode_at
+from drl_engine.registry import untrained_model
 from worker.context import WorkerResources
 from worker.reaper import reap_stale_jobs
 from worker.tasks import run_job
@@ -127,6 +128,11 @@ def test_pipeline_stores_every_artifact(service: ServiceHarness, finished_experi
             assert (row.kind, row.meta, row.job_id) == ("embedding", {"split": split, "t": t}, encode.id)
             emb = np.load(service.store.download(row.key, tmp_path / "e.npy"))
             assert emb.shape == (n, 4) and emb.dtype == np.float32
+            # The untrained control's codes, by the same job, under their own kind and keys.
+            control = rows[embedding_key(exp_id, split, t, "random_init")]
+            assert (control.kind, control.meta, control.job_id) == (
+                "control_embedding", {"split": split, "t": t}, encode.id)
+            assert "/embeddings/random_init/" in control.key and control.sha256 != row.sha256
         labels = np.load(service.store.download(labels_key(exp_id, split), tmp_path / "l.npy"))
         assert labels.shape == (n,) and labels.dtype == np.int64
 
@@ -138,14 +144,29 @@ def test_pipeline_stores_every_artifact(service: ServiceHarness, finished_experi
     stored = np.load(service.store.download(embedding_key(exp_id, "test", 0.5), tmp_path / "s.npy"))
     assert np.allclose(stored, direct, atol=1e-5)
 
+    # The untrained control is the model training started from: same architecture and seed.
+    untrained = untrained_model(tiny_spec(model={"encoder": "time_conditioned"}), dataset)
+    direct = encode_at(untrained, dataset.x_test, [0.5], 500, torch.device("cpu")).by_t[0.5]
+    stored = np.load(service.store.download(embedding_key(exp_id, "test", 0.5, "random_init"),
+                                            tmp_path / "c.npy"))
+    assert np.allclose(stored, direct, atol=1e-5)
+
     table = json.loads(service.store.get_bytes(probes_key(exp_id, "json")))
-    assert table["columns"] == ["svc_20", "svc_50", "linear", "mlp", "silhouette"]
-    assert [r["t"] for r in table["rows"]] == T_GRID
-    assert all(set(r) == {"t", *table["columns"]} for r in table["rows"])
-    assert service.store.get_bytes(probes_key(exp_id, "csv")).decode().startswith(
-        "t,svc_20,svc_50,linear,mlp,silhouette")
+    columns = ["svc_20", "svc_50", "svc_20_std", "svc_50_std", "linear", "mlp", "silhouette"]
+    assert table["columns"] == columns
+    validation = {f"val_{c}" for c in columns}
+    for key in ("rows", "control_rows"):
+        assert [r["t"] for r in table[key]] == T_GRID
+        assert all(set(r) == {"t", *columns, *validation} for r in table[key])
+    assert set(table["best"]) == set(table["control_best"]) == set(columns)
+    assert table["rows"] != table["control_rows"]
+    csv_lines = service.store.get_bytes(probes_key(exp_id, "csv")).decode().splitlines()
+    assert csv_lines[0].startswith("encoder,t,svc_20,svc_50,svc_20_std,svc_50_std,linear,mlp,"
+                                   "silhouette,val_svc_20")
+    assert [line.split(",")[0] for line in csv_lines[1:]] == ["trained"] * 3 + ["random_init"] * 3
     assert service.store.get_bytes(probes_key(exp_id, "png"))[:8] == PNG_MAGIC
-    assert rows[probes_key(exp_id, "json")].meta["best"] == table["best"]
+    meta = rows[probes_key(exp_id, "json")].meta
+    assert (meta["best"], meta["control_best"]) == (table["best"], table["control_best"])
 
     assert service.store.get_bytes(sample_key(exp_id, sample.id))[:8] == PNG_MAGIC
     assert rows[sample_key(exp_id, sample.id)].meta["job_id"] == sample.id
@@ -154,7 +175,8 @@ def test_pipeline_stores_every_artifact(service: ServiceHarness, finished_experi
         summary = experiment_summary(session, session.get(Experiment, exp_id))
     assert summary["status"] == "succeeded" and summary["failed_step"] is None
     assert set(summary["probes"]["best"]) == set(table["columns"])
-    assert summary["embeddings"] == {"train": T_GRID, "test": T_GRID}
+    assert summary["probes"]["control_best"] == table["control_best"]
+    assert summary["embeddings"] == {"train": T_GRID, "test": T_GRID}   # the control's not among them
 
 
 def test_train_records_the_code_usage_at_each_checkpoint(service: ServiceHarness,
@@ -212,8 +234,9 @@ def test_request_encodings_adds_only_the_new_t(service: ServiceHarness,
 
     rows = {r.key: r for r in assert_one_file_per_row(service, exp_id)}
     for split in SPLITS:
-        added = rows[embedding_key(exp_id, split, 0.25)]
-        assert added.job_id == job_id and added.meta == {"split": split, "t": 0.25}
+        for encoder in ("trained", "random_init"):
+            added = rows[embedding_key(exp_id, split, 0.25, encoder)]
+            assert added.job_id == job_id and added.meta == {"split": split, "t": 0.25}
     # t = 0.5 was already stored: not encoded, not written again.
     for key, (row_id, sha) in existing.items():
         assert (rows[key].id, rows[key].sha256) == (row_id, sha)

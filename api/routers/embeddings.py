@@ -37,6 +37,7 @@ from drl_core.artifact_keys import embedding_key, labels_key, t_key
 from drl_core.artifacts import ArtifactNotFound, ArtifactStore
 from drl_core.job_states import JobKind
 from drl_core.models import Artifact
+from drl_engine.spec import TRAINED, EncoderWeights
 
 router = APIRouter(tags=["results"])
 
@@ -85,6 +86,9 @@ def read_embeddings(
     experiment: Annotated[int, Query(ge=1, le=MAX_ID, description="experiment id")],
     t: Annotated[float, Query(ge=0.0, le=1.0, description="diffusion time (3 decimals)")],
     split: Split = "test",
+    encoder: Annotated[EncoderWeights, Query(
+        description="whose codes: the trained encoder's (default) or the untrained control's "
+                    "(random_init: the same architecture and seed, never trained)")] = TRAINED,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_ROWS, description="rows per page")] = 1000,
     format: Literal["json", "npy"] = "json",
@@ -92,20 +96,22 @@ def read_embeddings(
     t = t_key(t)
     exp = get_experiment(session, experiment)
     require_encoder(exp)
-    row = _row(session, embedding_key(experiment, split, t))
+    row = _row(session, embedding_key(experiment, split, t, encoder))
     if row is None:
-        computed = service.computed_embeddings(session, experiment).get(split, [])
+        computed = service.computed_embeddings(session, experiment, encoder).get(split, [])
+        what = f"{split} embeddings" + ("" if encoder == TRAINED else f" of the {encoder} control")
         if computed:
-            detail = (f"experiment {experiment} has no {split} embeddings at t={t:.3f}; computed t: "
+            detail = (f"experiment {experiment} has no {what} at t={t:.3f}; computed t: "
                       f"{', '.join(f'{c:g}' for c in computed)} (POST /experiments/{experiment}/"
                       "encodings to compute more)")
             problem_type = NOT_FOUND
         else:
-            detail = (f"experiment {experiment} has no {split} embeddings yet: "
+            detail = (f"experiment {experiment} has no {what} yet: "
                       f"{describe_job(latest_job(exp, JobKind.ENCODE), 'encode')}")
             problem_type = NOT_READY
         raise Problem(404, detail, type=problem_type, title="Not found",
-                      experiment=experiment, t=t, split=split, computed_t=computed)
+                      experiment=experiment, t=t, split=split, encoder=encoder,
+                      computed_t=computed)
 
     vectors = _load(state, store, row)
     labels_row = _row(session, labels_key(experiment, split))
@@ -118,8 +124,9 @@ def read_embeddings(
         np.save(buffer, np.ascontiguousarray(page), allow_pickle=False)
         return Response(buffer.getvalue(), media_type=NPY_MEDIA_TYPE, headers=counts | {
             "Content-Disposition": f'attachment; filename="experiment{experiment}_{split}_t={t:.3f}'
-                                   f'_{offset}.npy"'})
-    header = {"experiment": experiment, "t": t, "split": split, "total": total, "offset": offset,
+                                   f'{"" if encoder == TRAINED else "_" + encoder}_{offset}.npy"'})
+    header = {"experiment": experiment, "t": t, "split": split, "encoder": encoder,
+              "total": total, "offset": offset,
               "limit": limit, "dim": int(vectors.shape[1]) if vectors.ndim == 2 else 0}
     body = render_page_json(header, offset, page, None if labels is None else labels[offset:offset + limit])
     return Response(body, media_type="application/json", headers=counts)

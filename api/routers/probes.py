@@ -1,4 +1,5 @@
-"""Probe results: every probe's value at every t, and the best t per probe."""
+"""Probe results: every probe's value at every t, and the best t per probe (chosen on the
+validation split), for the trained encoder and for its untrained control (random_init)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ router = APIRouter(tags=["results"])
 
 
 @router.get("/experiments/{experiment_id}/probes", response_model=ProbesOut,
-            summary="Probe accuracy at every t, and the best t per probe",
+            summary="Probe accuracy at every t, and the best t per probe, beside an "
+                    "untrained control",
             responses=problem_responses(401, 404, 422))
 def read_probes(experiment_id: ExperimentId, session: SessionDep, store: StoreDep) -> ProbesOut:
     """404 (type not-ready) while the probes are not computed, saying what the probe job is
@@ -32,11 +34,14 @@ def read_probes(experiment_id: ExperimentId, session: SessionDep, store: StoreDe
     try:
         if row is None:
             raise ArtifactNotFound(key)
-        # as the probe job wrote it: ProbeTable.to_dict() (NaN already null, best included)
+        # as the probe job wrote it: ProbeTable.to_dict() (NaN already null, best included;
+        # probes computed before the control existed have no control_rows)
         table = json.loads(store.get_bytes(key))
     except ArtifactNotFound:
         raise Problem(404, f"the probes of experiment {experiment_id} are not computed yet: "
                            f"{describe_job(latest_job(experiment, JobKind.PROBE), 'probe')}",
                       type=NOT_READY, title="Not computed yet", experiment=experiment_id) from None
     return ProbesOut(experiment=experiment_id, columns=table["columns"], rows=table["rows"],
-                     best=table["best"], t_values=[row["t"] for row in table["rows"]])
+                     best=table["best"], control_rows=table.get("control_rows", []),
+                     control_best=table.get("control_best", {}),
+                     t_values=[row["t"] for row in table["rows"]])
