@@ -228,9 +228,14 @@ def format_experiment(e: dict[str, Any]) -> str:
     rows = [[str(j["id"]), j["kind"], j["status"], _progress(j), f"{j['attempt']}/{j['max_attempts']}",
              " ".join((j.get("error") or "").split())[:80]] for j in e["jobs"]]
     lines.append(format_table(["JOB", "KIND", "STATUS", "PROGRESS", "ATTEMPT", "ERROR"], rows))
-    best = (e.get("summary") or {}).get("best_t")
-    if best:
-        lines.append("best t: " + ", ".join(f"{k} {v['value']:.3f} at t={v['t']:g}" for k, v in best.items()))
+    summary = e.get("summary") or {}
+    # Best t chosen on the validation split, with the test value there; the untrained control's
+    # beside it, so that an untrained code's accuracy is not read as learned.
+    for label, key in (("best t", "best_t"), ("untrained control", "control_best_t")):
+        if summary.get(key):
+            lines.append(f"{label}: " + ", ".join(
+                f"{k} {'-' if v['value'] is None else format(v['value'], '.3f')} at t={v['t']:g}"
+                for k, v in summary[key].items()))
     return "\n".join(lines)
 
 

@@ -28,7 +28,7 @@ from .datasets import ImageDataset, load_dataset
 from .fd_lenet import FD_LENET
 from .pipeline import run_experiment
 from .registry import build_model
-from .spec import ExperimentSpec, parse_spec
+from .spec import RANDOM_INIT, ExperimentSpec, parse_spec
 
 Log = Callable[[str], None]
 KINDS = ("vdm_vae", "vdm")
@@ -174,6 +174,7 @@ class StudyRow:
     seconds: float
     run_dir: Path
     samples_png: str | None = None    # relative to the report
+    control_best: dict | None = None  # the same probes of the untrained encoder (vdm_vae)
 
     @property
     def kind(self) -> str:
@@ -221,7 +222,8 @@ def run_cell(budget: StudyBudget, cell: Cell, ds: ImageDataset, runs_dir: Path,
     return StudyRow(cell, params, encoder_params, metrics["train"]["steps"], bits,
                     metrics["fd_lenet"], summary.probes.best() if summary.probes else None,
                     bits["kl"] * data_dims * math.log(2.0), seconds, run_dir,
-                    f"{image_dir.name}/{png.name}")
+                    f"{image_dir.name}/{png.name}",
+                    summary.probes.best(RANDOM_INIT) if summary.probes else None)
 
 
 def run_vdm_study(budget: str | StudyBudget, out_dir: str | Path, *, data_dir: str | None = None,
@@ -255,18 +257,21 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 def results_table(rows: list[StudyRow]) -> str:
     """The main table: one line per (width, kind), every ELBO term, FD-LeNet, the code's use."""
     head = ("| base_channels | kind | decoder params | encoder params | steps | bits/dim | diffusion | prior | "
-            f"reconstruction | KL | KL (nats/image) | {FD_LENET} | linear probe on z |")
+            f"reconstruction | KL | KL (nats/image) | {FD_LENET} | linear probe on z | "
+            "the same, untrained encoder |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         b = r.bits
         probe = (r.probe_best or {}).get("linear")
+        control = (r.control_best or {}).get("linear")
         lines.append(
             f"| {r.width} | {r.cell.label} | {r.parameters - r.encoder_parameters:,} | "
             f"{r.encoder_parameters:,} | {r.steps} | {_fmt(b['total'])} | "
             f"{_fmt(b['diffusion'])} | {_fmt(b['prior'])} | {_fmt(b['reconstruction'])} | "
             f"{_fmt(b['kl'])} | {_fmt(r.kl_nats_per_image, 2)} | "
             f"{_fmt(r.fd['value'], 3) if r.fd else 'n/a'} | "
-            f"{_fmt(probe['value']) if probe else 'n/a'} |")
+            f"{_fmt(probe['value']) if probe else 'n/a'} | "
+            f"{_fmt(control['value']) if control else 'n/a'} |")
     return "\n".join(lines)
 
 
@@ -354,7 +359,8 @@ def render_report(result: StudyResult, ds: ImageDataset) -> str:
         f"{FD_LENET} (the Frechet distance in the features of a LeNet trained on the dataset, "
         "not an FID) compares samples.png's images, z ~ N(0, I) for `vdm_vae` and "
         "unconditional for `vdm`, with the test images. The linear probe is the accuracy of "
-        "a logistic regression on the test codes z (chance 0.10).",
+        "a logistic regression on the test codes z (chance 0.10); beside it, the same probe of "
+        "the untrained encoder (same architecture and seed, never trained).",
         "",
         "Regenerate:",
         "",

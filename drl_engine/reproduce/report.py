@@ -31,7 +31,7 @@ def closing_note(results: dict[str, SectionResult]) -> list[str]:
         column = a.summary["svc_column"]
         best = a.summary["best_svc"]
         shown = [m for m in best if m.split(" ")[0] in ("DRL", "AE", "VAE")]
-        lines.append(f"- Best-t `{column}` accuracy: " + "; ".join(
+        lines.append(f"- Best-t `{column}` accuracy (t chosen on validation): " + "; ".join(
             f"{m} {best[m]['value']:.4f} (t={best[m]['t']:g})" for m in shown) + ".")
         drl = best[shown[0]]["value"]
         noise = accuracy_noise(drl, a.summary["n_test"])
