@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import logging
+import math
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,8 +36,8 @@ from drl_core.db import session_factory
 from drl_core.job_states import heartbeat, transition
 from drl_core.models import ApiToken, Artifact, Experiment, Job, MetricPoint
 from drl_core.settings import Settings
-from drl_engine.probes import ProbeTable
 from drl_engine.code_usage_table import CodeUsage, CodeUsageRow
+from drl_engine.probes import ProbeTable
 
 pytest.register_assert_rewrite("worker_fixtures")
 from worker_fixtures import service_settings_for  # noqa: E402
