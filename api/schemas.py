@@ -288,6 +288,9 @@ class SampleOut(BaseModel):
     code_source: str | None = Field(default=None, description="null for a model without codes (vdm)")
     fd_lenet: FDLeNetOut | None = Field(
         default=None, description="null without labels in the dataset, or before success")
+    reconstruction_agreement: float | None = Field(
+        default=None, description="encoded codes: the share of reconstructions FD-LeNet's "
+                                  "classifier labels as their source image's class")
     url: str | None = Field(default=None, description="the PNG, once the job succeeded")
 
     @classmethod
@@ -303,6 +306,7 @@ class SampleOut(BaseModel):
                 "count": meta.get("count"), "sampler": meta.get("sampler"),
                 "steps": meta.get("steps"), "code_source": meta.get("code_source"),
                 "fd_lenet": fd and {**fd, "value": finite_or_none(fd.get("value"))},
+                "reconstruction_agreement": meta.get("reconstruction_agreement"),
                 "url": f"/experiments/{job.experiment_id}/samples/{job.id}.png",
             }
         return cls(**fields)

@@ -43,7 +43,7 @@ from .code_usage_table import write_code_usage_csv
 from .datasets import ImageDataset, load_dataset
 from .device import resolve_device
 from .encode import Encodings, embedding_filename, encode_at
-from .fd_lenet import FD_LENET, fd_lenet
+from .fd_lenet import FD_LENET, fd_lenet, reconstruction_agreement
 from .generate import Generation, generate, generate_interpolations
 from .plots import plot_code_usage, plot_probe_curves, save_image_grid
 from .probes import ProbeTable, probe_sweep
@@ -180,20 +180,52 @@ def sampler_name(kind: str, sample_spec: SampleSpec) -> str:
     return "ancestral" if kind_entry(kind).reports_bits_per_dim else sample_spec.sampler
 
 
-def baseline_reconstructions(model, spec: ExperimentSpec, x_test: torch.Tensor, out_dir: Path,
+def baseline_reconstructions(model, spec: ExperimentSpec, ds: ImageDataset, out_dir: Path,
                              device, log: Log) -> dict | None:
     """The baselines have no sampler: reconstructions.png for those with a decoder, else None."""
     if not has_decoder(model):
         log(f"model.kind {spec.model.kind!r} has no decoder and no sampler: sample stage skipped")
         return None
     log(f"model.kind {spec.model.kind!r} does not sample: writing reconstructions.png instead")
-    return save_reconstructions(model, x_test, out_dir / "reconstructions.png", spec.sample.count,
-                                spec.sample.seed, device)
+    def agreement(images: torch.Tensor) -> float | None:
+        if ds.y_test is None or ds.y_train is None or not torch.isfinite(images).all():
+            return None
+        return reconstruction_agreement(images, ds.y_test[:len(images)], ds, device=device)
+    return save_reconstructions(model, ds.x_test, out_dir / "reconstructions.png",
+                                spec.sample.count, spec.sample.seed, device, agreement)
+
+
+def chain_callbacks(*callbacks: Callable | None) -> Callable | None:
+    """One callback calling each of the given ones (None skipped) in order; None if none."""
+    present = [c for c in callbacks if c is not None]
+    if not present:
+        return None
+
+    def call_each(*args) -> None:
+        for callback in present:
+            callback(*args)
+    return call_each
+
+
+def reconstruction_agreement_report(gen: Generation, ds: ImageDataset, device) -> float | None:
+    """The share of reconstructions of encoded test images (`generate` encodes the first
+    ones) that FD-LeNet's classifier labels as their source's class; None unless each image
+    is the reconstruction of one labelled source image (code_source 'encoded', not
+    interpolations or prior samples) and every image is finite."""
+    if (gen.references is None or len(gen.references) != len(gen.images) or ds.y_test is None
+            or ds.y_train is None or not torch.isfinite(gen.images).all()):
+        return None
+    return reconstruction_agreement(gen.images, ds.y_test[:len(gen.images)], ds, device=device)
 
 
 def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
                    on_train_progress: Callable[[TrainProgress], None] | None = None,
-                   log: Log = print, dataset: ImageDataset | None = None) -> RunSummary:
+                   log: Log = print, dataset: ImageDataset | None = None,
+                   on_checkpoint_model: Callable[[torch.nn.Module, int], None] | None = None
+                   ) -> RunSummary:
+    """Every stage into `out_dir` (the module docstring lists the files). `on_checkpoint_model`
+    (e.g. a study's learning curve) is called at every checkpoint with the EMA model, after
+    the code-usage diagnostic."""
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
     device = resolve_device(spec.train.device)
@@ -212,7 +244,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
         log(f"code-usage diagnostic skipped: {code_usage.skip_reason}")
     start = time.perf_counter()
     result = train(spec, ds, out_dir / "checkpoints", progress=on_train_progress, device=device,
-                   on_checkpoint_model=code_usage.callback)
+                   on_checkpoint_model=chain_callbacks(code_usage.callback, on_checkpoint_model))
     timings["train_s"] = time.perf_counter() - start - code_usage.seconds
     model = result.model
     entry = kind_entry(spec.model.kind)
@@ -264,7 +296,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
     sample_spec = generation_sample_spec(spec)
     gen = reconstructions = None
     if not has_sampler(spec.model.kind):
-        reconstructions = baseline_reconstructions(model, spec, ds.x_test, out_dir, device, log)
+        reconstructions = baseline_reconstructions(model, spec, ds, out_dir, device, log)
     elif spec.model.kind == "vdm_vae":
         # The VAE's generative claim is p(x) = E_p(z) p(x|z): samples.png draws z from the prior;
         # reconstructions and interpolations of test images' codes go to their own files.
@@ -278,7 +310,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
         save_generation(gen, out_dir / "samples.png")
     timings["sample_s"] = time.perf_counter() - start
 
-    fd = None
+    fd = agreement = None
     if gen is not None:
         # samples.png's images: prior samples (vdm_vae), unconditional ones (vdm), or samples
         # for the spec's code source (drl, vdrl); the service's sample jobs report the same.
@@ -290,6 +322,10 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
             fd = fd_lenet_report(gen, ds, device)
             timings["fd_lenet_s"] = time.perf_counter() - start
             log(f"{FD_LENET} of {fd['samples']} samples ({fd['steps']} steps): {fd['value']:.3f}")
+        agreement = reconstruction_agreement_report(gen, ds, device)
+        if agreement is not None:
+            log(f"reconstruction agreement: {agreement:.3f} of {len(gen.images)} reconstructions "
+                "labelled as their source's class")
 
     metrics = {
         "spec": spec.model_dump(mode="json"),
@@ -307,7 +343,8 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
         "sample": gen and {"sampler": sampler_name(spec.model.kind, sample_spec),
                    "code_source": sample_spec.code_source if has_encoder(spec.model.kind) else None,
                    "count": len(gen.images), "steps": gen.result.steps, "nfe": gen.result.nfe,
-                   "finite": bool(torch.isfinite(gen.images).all())},
+                   "finite": bool(torch.isfinite(gen.images).all()),
+                   "reconstruction_agreement": agreement},
         "fd_lenet": fd,
         "reconstructions": reconstructions,
         "timings": timings,

@@ -10,7 +10,8 @@ from drl_engine.datasets import ImageDataset
 from drl_engine.datasets.digits import load_digits_dataset
 from drl_engine.fd_lenet import (FEATURE_DIM, LeNetSettings, as_unit_images, fd_lenet,
                                  feature_statistics, frechet_distance, lenet_features,
-                                 load_or_train_lenet, trace_sqrt_product)
+                                 load_or_train_lenet, reconstruction_agreement,
+                                 trace_sqrt_product)
 
 METHODS = ["scipy", "eigh"]
 FAST = LeNetSettings(epochs=8, batch_size=64, min_steps=0)   # ~180 steps on 1,438 digits
@@ -120,3 +121,17 @@ def test_small_training_sets_get_enough_steps_and_large_ones_their_epochs():
     assert settings.epochs_for(10_000) * 79 >= settings.min_steps
     assert LeNetSettings(min_steps=0).epochs_for(10_000) == 3
 
+
+
+def test_reconstruction_agreement_is_the_classifier_accuracy_on_perfect_reconstructions(
+        digits, cache_dir):
+    """Reconstructions identical to their sources agree as often as LeNet is right on them;
+    reconstructions of other images (a derangement of the labels) agree far less."""
+    net = load_or_train_lenet(digits, cache_dir, FAST)
+    exact = reconstruction_agreement(digits.x_test, digits.y_test, digits, cache_dir, FAST)
+    assert exact == pytest.approx(net.test_accuracy, abs=1e-9) and exact > 0.8
+    wrong_source = torch.roll(digits.y_test, 1)
+    mismatched = reconstruction_agreement(digits.x_test, wrong_source, digits, cache_dir, FAST)
+    assert mismatched < 0.3
+    with pytest.raises(ValueError, match="reconstruction agreement: 5 reconstructions for 4"):
+        reconstruction_agreement(digits.x_test[:5], digits.y_test[:4], digits, cache_dir, FAST)

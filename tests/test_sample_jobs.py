@@ -190,6 +190,10 @@ def test_sample_job_stores_fd_lenet_and_the_listing_shows_it(client, worker, cel
     assert (newest["count"], newest["sampler"], newest["steps"], newest["code_source"]) == (
         6, "pc", meta["steps"], "encoded")
     assert newest["fd_lenet"]["value"] == pytest.approx(fd["value"]) and newest["fd_lenet"]["samples"] == 6
+    # Encoded codes: the share of the 6 reconstructions labelled as their source's class.
+    agreement = meta["reconstruction_agreement"]
+    assert 0.0 <= agreement <= 1.0 and round(agreement * 6, 9) == round(agreement * 6)
+    assert newest["reconstruction_agreement"] == pytest.approx(agreement)
     assert newest["url"] == f"/experiments/{experiment_id}/samples/{job.id}.png"
     png = client.get(newest["url"])
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"

@@ -27,7 +27,8 @@ from drl_core.artifact_keys import ArtifactKind, sample_key
 from drl_engine.datasets import ImageDataset
 from drl_engine.fd_lenet import FD_LENET
 from drl_engine.generate import Generation, generate
-from drl_engine.pipeline import (fd_lenet_report, fd_lenet_skip_reason, sampler_name,
+from drl_engine.pipeline import (fd_lenet_report, fd_lenet_skip_reason,
+                                 reconstruction_agreement_report, sampler_name,
                                  save_generation, save_interpolations)
 from drl_engine.spec import SampleSpec, generation_sample_spec, has_encoder
 from worker.context import JobContext
@@ -58,6 +59,10 @@ def run(ctx: JobContext) -> None:
     fd = sample_quality(ctx, generation, dataset, device)
     if fd is not None:
         meta["fd_lenet"] = fd
+    agreement = reconstruction_agreement_report(generation, dataset, device)
+    if agreement is not None:
+        meta["reconstruction_agreement"] = agreement
+        ctx.log(f"reconstruction agreement: {agreement:.3f}")
     ctx.store_file(sample_key(ctx.experiment_id, ctx.job_id), path, ArtifactKind.SAMPLE, meta)
 
 
