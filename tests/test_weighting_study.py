@@ -22,8 +22,10 @@ def lenet_cache(tmp_path, monkeypatch):
 def test_cells_compare_variants_at_equal_steps_with_the_right_settings():
     budget = get_budget("full")
     cells = budget.cells()
-    # 3 seeds; MNIST has time-conditioned rows for the three DRL variants, the AE is static.
-    assert len(cells) == 3 * (4 + 4 + 7)
+    # 3 seeds; digits: 4 variants; MNIST: 4 static + paper and edm time-conditioned;
+    # Fashion-MNIST: paper, edm, AE.
+    assert len(cells) == 3 * (4 + 6 + 3)
+    assert {c.variant for c in cells if c.encoder == "time_conditioned"} == {"paper", "edm"}
     assert {c.seed for c in cells} == {0, 1, 2}
     specs = {c: cell_spec(budget, c) for c in cells}
     assert {s.train.iterations for s in specs.values()} == {budget.iterations}
