@@ -35,6 +35,7 @@ from .ema import EMA
 from .fileio import fsync_directory
 from .registry import build_model
 from .spec import ExperimentSpec, format_validation_error
+from .vdm.schedule import saved_spec_as_trained
 
 FORMAT_VERSION = 1
 KEEP_LAST = 2   # checkpoints kept on disk; older ones are deleted after each write
@@ -111,9 +112,11 @@ def load_checkpoint(path: Path, map_location: torch.device | str | None = "cpu")
 
 
 def checkpoint_spec(ckpt: dict[str, Any], path: Path | str = "checkpoint") -> ExperimentSpec:
-    """The ExperimentSpec a checkpoint was trained with (validated, defaults filled in)."""
+    """The ExperimentSpec a checkpoint was trained with (validated, defaults filled in; a
+    VDM checkpoint from before the schedule learned its endpoints reads as the schedule it
+    was trained with, `saved_spec_as_trained`)."""
     try:
-        return ExperimentSpec.model_validate(ckpt["spec"])
+        return ExperimentSpec.model_validate(saved_spec_as_trained(ckpt["spec"], ckpt["model"]))
     except ValidationError as err:
         raise ValueError(f"{path}: the checkpoint's spec is not valid here: "
                          f"{format_validation_error(err)}") from None

@@ -68,7 +68,7 @@ PriorName = Literal["gaussian", "uniform_gaussian"]
 # of test images (vdm_vae; sample.count = pairs x points, drl_engine/generate.py).
 CodeSource = Literal["encoded", "grid", "prior", "interpolation"]
 DeviceName = Literal["auto", "cpu", "cuda"]
-GammaSchedule = Literal["learned", "fixed"]
+GammaSchedule = Literal["learned", "learned_fixed_ends", "fixed"]
 
 
 def t_key(t: float) -> float:
@@ -206,11 +206,15 @@ class ObjectiveSpec(_Section):
 class VDMSpec(_Section):
     """The VDM decoder of `vdm_vae` and `vdm` (Kingma et al. 2021); other kinds ignore it.
 
-    gamma(t) = -log SNR(t) runs from gamma_min at t = 0 to gamma_max at t = 1 (the paper's
-    -13.3 and 5.0): 'learned' is the paper's monotone network, its interior shape trained to
-    minimise the variance of the loss; 'fixed' is the linear gamma_min + (gamma_max -
-    gamma_min) t. The eps-network sees Fourier features sin/cos(2^n pi x) of its input for n
-    in `fourier_exponents` (the paper's 7 and 8; [] turns them off).
+    gamma(t) = -log SNR(t) runs from gamma(0) to gamma(1). 'learned' is the paper's: the
+    endpoints are learned on the ELBO, starting at gamma_min and gamma_max (the paper's
+    -13.3 and 5.0), and the monotone network's shape in between is trained to minimise the
+    variance of the loss; 'learned_fixed_ends' learns the shape but keeps the endpoints fixed
+    at gamma_min and gamma_max (checkpoints from before the endpoints were learned load as
+    this); 'fixed' is the linear gamma_min + (gamma_max - gamma_min) t. The eps-network's
+    noise input is scaled by the configured gamma_min and gamma_max in every case. It sees
+    Fourier features sin/cos(2^n pi x) of its input for n in `fourier_exponents` (the paper's
+    7 and 8; [] turns them off).
     KL annealing (weight min(1, step / kl_anneal_steps)) and free bits (each latent dimension's
     batch-mean KL counted as at least `free_bits` nats) change the training objective away
     from the ELBO; both are off (0) by default, and the reported bits/dim is always the ELBO.

@@ -33,7 +33,8 @@ from drl_engine.vdm.losses import (TERMS, alpha_sigma, antithetic_t, bits_per_di
 from drl_engine.vdm.model import VDMModel
 from drl_engine.vdm.pixels import bin_centres, centres_to_pixels, pixels_to_centres
 from drl_engine.vdm.sampling import ancestral_sample, interpolate_codes
-from drl_engine.vdm.schedule import FixedLinearSchedule, LearnedSchedule, gamma_and_derivative
+from drl_engine.vdm.schedule import (FixedLinearSchedule, LearnedSchedule, build_schedule,
+                                     gamma_and_derivative)
 
 GAMMA_MIN, GAMMA_MAX = -13.3, 5.0
 TINY_MODEL = {"base_channels": 8, "channel_mult": [1], "num_res_blocks": 1, "attn_resolutions": [],
@@ -61,6 +62,11 @@ def randomise_(module: torch.nn.Module, seed: int) -> None:
         for p in module.parameters():
             scale = float(torch.empty(()).uniform_(0.01, 5.0, generator=g))
             p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+def endpoint_values(schedule) -> list[float]:
+    """(gamma(0), gamma(1)) of a schedule as floats."""
+    return [float(e.detach()) for e in schedule.endpoints()]
 
 
 # --- spec and registry ------------------------------------------------------------------------
@@ -120,17 +126,32 @@ def test_fourier_features_formula():
 
 # --- the schedule ------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("learn_endpoints", [True, False])
 @pytest.mark.parametrize("seed", range(25))
-def test_learned_gamma_is_monotone_with_exact_ends_for_random_parameters(seed):
-    schedule = LearnedSchedule(GAMMA_MIN, GAMMA_MAX, features=64)
+def test_learned_gamma_is_monotone_from_its_endpoints_for_random_parameters(seed, learn_endpoints):
+    schedule = LearnedSchedule(GAMMA_MIN, GAMMA_MAX, features=64, learn_endpoints=learn_endpoints)
     randomise_(schedule, seed)
     t = torch.linspace(0.0, 1.0, 4001)
     with torch.no_grad():
         gamma = schedule(t)
-    assert torch.isfinite(gamma).all()
-    assert (gamma.diff() >= -1e-5).all(), f"gamma decreases by {-gamma.diff().min():.2e}"
-    assert gamma[0].item() == pytest.approx(GAMMA_MIN, abs=1e-4)
-    assert gamma[-1].item() == pytest.approx(GAMMA_MAX, abs=1e-4)
+        gamma_0, gamma_1 = endpoint_values(schedule)
+    span = gamma_1 - gamma_0
+    assert torch.isfinite(gamma).all() and span > 0
+    assert (gamma.diff() >= -1e-6 * span).all(), f"gamma decreases by {-gamma.diff().min():.2e}"
+    assert gamma[0].item() == pytest.approx(gamma_0, abs=1e-5 * span)
+    assert gamma[-1].item() == pytest.approx(gamma_1, abs=1e-5 * span)
+    if not learn_endpoints:   # fixed ends: exactly the configured ones, whatever the shape
+        assert (gamma_0, gamma_1) == pytest.approx((GAMMA_MIN, GAMMA_MAX))
+
+
+def test_learned_endpoints_start_at_the_configured_ones_and_only_learned_has_them():
+    learned = build_schedule(tiny_spec(schedule="learned").vdm)
+    fixed_ends = build_schedule(tiny_spec(schedule="learned_fixed_ends").vdm)
+    names = {n for n, _ in learned.named_parameters()}
+    assert {"gamma_0", "log_gamma_span"} <= names
+    assert {n for n, _ in fixed_ends.named_parameters()} == names - {"gamma_0", "log_gamma_span"}
+    for schedule in (learned, fixed_ends):
+        assert endpoint_values(schedule) == pytest.approx([GAMMA_MIN, GAMMA_MAX])
 
 
 def test_learned_gamma_starts_near_the_linear_schedule_and_fixed_is_linear():
@@ -148,13 +169,15 @@ def test_gamma_derivative_from_autograd_matches_finite_differences(seed):
     schedule = LearnedSchedule(GAMMA_MIN, GAMMA_MAX, features=64)
     randomise_(schedule, seed)
     t = torch.linspace(0.01, 0.99, 50)
-    _, dgamma = gamma_and_derivative(schedule, t, create_graph=False)
+    gamma, dgamma = gamma_and_derivative(schedule, t, create_graph=False)
     exact = copy.deepcopy(schedule).double()
     h = 1e-5
     with torch.no_grad():
         t64 = t.double()
         fd = (exact(t64 + h) - exact(t64 - h)) / (2 * h)
-    assert torch.allclose(dgamma.double(), fd, rtol=2e-3, atol=1e-3 * (GAMMA_MAX - GAMMA_MIN))
+        span = float(schedule.endpoints()[1] - schedule.endpoints()[0])
+        assert torch.allclose(gamma, schedule(t), atol=1e-5 * span)
+    assert torch.allclose(dgamma.double(), fd, rtol=2e-3, atol=1e-3 * span)
     assert (dgamma >= 0).all()
 
     _, dfixed = gamma_and_derivative(FixedLinearSchedule(GAMMA_MIN, GAMMA_MAX), t, create_graph=False)
@@ -275,12 +298,14 @@ def test_kl_annealing_and_free_bits_change_the_objective_not_the_reported_elbo()
     assert stats["loss"] == pytest.approx(stats["bpd"] - stats["kl_bpd"] + kl_floor_bpd, rel=1e-5)
 
 
-def test_the_learned_schedule_gets_the_gradient_of_the_loss_variance():
-    """Schedule parameters: grad of mean_b (L_b - mean L)^2; every other parameter: grad of mean_b L_b."""
+def test_the_schedule_shape_gets_the_variance_gradient_and_the_endpoints_the_bound():
+    """Shape parameters: grad of mean_b (L_b - mean L)^2; the learned endpoints gamma(0),
+    gamma(1) and every other parameter: grad of mean_b L_b (the paper's split)."""
     model = tiny_model("vdm_vae").eval()      # eval: no dropout, so both passes are the same function
     # At VDM's initialisation the gated part is nearly linear in t, which the rescaling to
-    # fixed endpoints absorbs, so its gradient starts near zero; random weights give it a shape.
-    randomise_(model.schedule, seed=1)
+    # the endpoints absorbs, so its gradient starts near zero; random weights give it a shape.
+    for layer in (model.schedule.l1, model.schedule.l2_in, model.schedule.l2_out):
+        randomise_(layer, seed=1)
     pixels = random_pixels(8)
     loss, _ = vdm_training_loss(model, pixels, model.spec, torch.Generator().manual_seed(3))
     loss.backward()
@@ -289,20 +314,63 @@ def test_the_learned_schedule_gets_the_gradient_of_the_loss_variance():
     model.zero_grad()
     terms = elbo_terms(model, pixels, torch.Generator().manual_seed(3))
     per_example = bits_per_dim(terms.total(), 64)
-    schedule_params = list(model.schedule.parameters())
+    endpoints = ("schedule.gamma_0", "schedule.log_gamma_span")
+    shape = [(n, p) for n, p in model.named_parameters()
+             if n.startswith("schedule.") and n not in endpoints]
     variance = ((per_example - per_example.mean().detach()) ** 2).mean()
-    expected_schedule = torch.autograd.grad(variance, schedule_params, retain_graph=True)
-    others = [(n, p) for n, p in model.named_parameters() if not n.startswith("schedule.")]
+    expected_shape = torch.autograd.grad(variance, [p for _, p in shape], retain_graph=True)
+    others = [(n, p) for n, p in model.named_parameters() if n not in dict(shape)]
     expected_others = torch.autograd.grad(per_example.mean(), [p for _, p in others], allow_unused=True)
 
-    names = {p: n for n, p in model.named_parameters()}
-    scale = max(e.abs().max() for e in expected_schedule)
+    scale = max(e.abs().max() for e in expected_shape)
     assert scale > 0
-    for p, expected in zip(schedule_params, expected_schedule):
-        assert torch.allclose(got[names[p]], expected, rtol=1e-3, atol=1e-5 * scale), names[p]
+    for (name, _), expected in zip(shape, expected_shape):
+        assert torch.allclose(got[name], expected, rtol=1e-3, atol=1e-5 * scale), name
     for (name, _), expected in zip(others, expected_others):
         if expected is not None:
             assert torch.allclose(got[name], expected, rtol=1e-4, atol=1e-7), name
+    # Both endpoints get a gradient: through the prior (gamma(1)), the reconstruction
+    # (gamma(0)) and the diffusion term (both, through gamma' and gamma(t)).
+    assert {n for n, _ in others} >= set(endpoints)
+    for name in endpoints:
+        assert got[name].abs() > 0, name
+
+
+def test_training_moves_the_endpoints_and_keeps_gamma_increasing():
+    model = tiny_model("vdm_vae")
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    pixels = random_pixels(16)
+    for step in range(5):
+        optimizer.zero_grad()
+        loss, _ = vdm_training_loss(model, pixels, model.spec, torch.Generator().manual_seed(step))
+        loss.backward()
+        optimizer.step()
+    gamma_0, gamma_1 = endpoint_values(model.schedule)
+    assert (gamma_0, gamma_1) != pytest.approx((GAMMA_MIN, GAMMA_MAX), abs=1e-3)
+    with torch.no_grad():
+        gamma = model.schedule(torch.linspace(0.0, 1.0, 1001))
+    assert (gamma.diff() >= 0).all() and gamma[-1] > gamma[0]
+    assert float(gamma[0]) == pytest.approx(gamma_0, abs=1e-4)
+
+
+def test_a_checkpoint_from_before_learned_endpoints_loads_as_fixed_ends_and_resumes_only_so(tmp_path):
+    spec = digits_spec("vdm_vae", iterations=2, checkpoint_every=2, log_every=1)
+    old = spec.model_copy(update={"vdm": spec.vdm.model_copy(update={"schedule": "learned_fixed_ends"})})
+    ds = load_dataset(spec.dataset)
+    train(old, ds, tmp_path / "ckpt", device=torch.device("cpu"))
+    # What such a checkpoint held: the spec said 'learned', the weights had no endpoints.
+    path = latest_checkpoint(tmp_path / "ckpt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["spec"]["vdm"]["schedule"] = "learned"
+    assert "schedule.gamma_0" not in ckpt["model"]
+    torch.save(ckpt, path)
+
+    loaded = load_model(path, device="cpu")
+    assert loaded.spec.vdm.schedule == "learned_fixed_ends" and not loaded.schedule.learn_endpoints
+    assert endpoint_values(loaded.schedule) == pytest.approx([GAMMA_MIN, GAMMA_MAX])
+    with pytest.raises(ValueError, match="vdm.schedule"):
+        train(spec.model_copy(update={"train": spec.train.model_copy(update={"iterations": 4})}),
+              ds, tmp_path / "ckpt", device=torch.device("cpu"))
 
 
 # --- sampling and generation -------------------------------------------------------------------

@@ -18,12 +18,13 @@ D = C H W. gamma'(t) comes from autograd through the schedule. t is drawn antith
 one u ~ U(0, 1) per batch and t_b = (u + b / B) mod 1, one t in each of B equal strata, which
 lowers the variance of the batch estimate without biasing it.
 
-The learned schedule's interior shape leaves the expected bound unchanged (only gamma(0)
-and gamma(1) matter, and those are fixed here); VDM trains it to minimise the variance of
-the estimate instead. `VarianceGradient` does that inside the one backward pass: the
-gradient that reaches gamma(t_b) and gamma'(t_b) is multiplied by 2 (L_b - mean L), which
-turns the schedule's share of grad mean_b L_b into grad mean_b (L_b - mean L)^2 (L held
-constant), while every other parameter still gets the gradient of the bound.
+The learned schedule's interior shape s(t) leaves the expected bound unchanged (only
+gamma(0) and gamma(1) matter; schedule.py); VDM trains it to minimise the variance of the
+estimate instead. `VarianceGradient` does that inside the one backward pass: the gradient
+that reaches s(t_b) and s'(t_b) is multiplied by 2 (L_b - mean L), which turns the shape's
+share of grad mean_b L_b into grad mean_b (L_b - mean L)^2 (L held constant), while every
+other parameter, the learned endpoints gamma(0) and gamma(1) included, still gets the
+gradient of the bound.
 """
 
 from __future__ import annotations
@@ -168,8 +169,8 @@ def elbo_terms(model, pixels: Tensor, generator: torch.Generator | None,
     """The negative-ELBO terms of a batch of uint8 images (B, C, H, W) under `model` (a VDMModel).
 
     Random draws, in order, from `generator`: u for the antithetic t, z's noise (vdm_vae),
-    eps for z_t, eps_0 for the reconstruction term. With `variance_gradient`, gamma(t) and
-    gamma'(t) are attached to it (training with a learned schedule).
+    eps for z_t, eps_0 for the reconstruction term. With `variance_gradient`, the schedule's
+    shape s(t) and s'(t) are attached to it (training with a learned schedule).
     """
     x = model.pixels_to_model_range(pixels)
     batch = x.shape[0]
@@ -183,16 +184,17 @@ def elbo_terms(model, pixels: Tensor, generator: torch.Generator | None,
         code = reparameterize(code_mean, code_logvar, generator)
         kl = kl_to_standard_normal(code_mean, code_logvar)
 
-    gamma_t, dgamma_t = gamma_and_derivative(model.schedule, t, create_graph=torch.is_grad_enabled())
-    if variance_gradient is not None:
-        gamma_t, dgamma_t = variance_gradient.attach(gamma_t), variance_gradient.attach(dgamma_t)
+    gamma_t, dgamma_t = gamma_and_derivative(
+        model.schedule, t, create_graph=torch.is_grad_enabled(),
+        attach_to_shape=None if variance_gradient is None else variance_gradient.attach)
+    gamma_0, gamma_1 = model.schedule.endpoints()
     eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
     z_t = diffuse(x, gamma_t, eps)
     eps_hat = model.predict_eps(z_t, gamma_t, code)
     return ELBOTerms(
         diffusion=diffusion_loss(eps, eps_hat, dgamma_t),
-        prior=prior_loss(x, model.gamma_max),
-        reconstruction=reconstruction_loss(pixels, x, model.gamma_min, generator),
+        prior=prior_loss(x, gamma_1),
+        reconstruction=reconstruction_loss(pixels, x, gamma_0, generator),
         kl=kl, code_mean=code_mean, code_logvar=code_logvar)
 
 

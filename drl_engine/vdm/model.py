@@ -97,7 +97,11 @@ class VDMModel(nn.Module):
         return mean
 
     def noise_condition(self, gamma: torch.Tensor) -> torch.Tensor:
-        """What the eps-network's time embedding gets: 1000 (gamma - gamma_min) / (gamma_max - gamma_min)."""
+        """What the eps-network's time embedding gets: 1000 (gamma - gamma_min) / (gamma_max - gamma_min).
+
+        gamma_min and gamma_max are the configured values (the learned endpoints' starting
+        point), as in VDM's code: a fixed scale for the network's input, whatever the schedule
+        learns."""
         return NOISE_CONDITION_SCALE * (gamma - self.gamma_min) / (self.gamma_max - self.gamma_min)
 
     def predict_eps(self, z_t: torch.Tensor, gamma_t: torch.Tensor, code: torch.Tensor | None

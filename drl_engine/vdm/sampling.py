@@ -40,7 +40,7 @@ def ancestral_step(model, z_t: Tensor, gamma_t: Tensor, gamma_s: Tensor, code: T
     return mean + torch.sqrt(sigma_s.pow(2) * c) * noise
 
 
-def decode_pixels(z_0: Tensor, gamma_0: float, generator: torch.Generator | None,
+def decode_pixels(z_0: Tensor, gamma_0: float | Tensor, generator: torch.Generator | None,
                   same_noise: bool = False) -> Tensor:
     """Pixel values (int64, 0..255) drawn from p(k | z_0); z_0 / alpha_0 is the decoder's input.
 
@@ -80,7 +80,8 @@ def ancestral_sample(model, n: int, codes: Tensor | None, steps: int,
         z = ancestral_step(model, z, gammas[i], gammas[i + 1], codes, noise())
         if progress is not None:
             progress(i + 1, steps)
-    return decode_pixels(z, model.gamma_min, generator, same_noise)
+    gamma_0, _ = model.schedule.endpoints()
+    return decode_pixels(z, gamma_0, generator, same_noise)
 
 
 def interpolate_codes(code_a: Tensor, code_b: Tensor, points: int) -> Tensor:
