@@ -8,7 +8,7 @@ two apps with different settings (tests) never share an engine or a store.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 import sqlalchemy as sa
@@ -18,6 +18,7 @@ from fastapi.security import HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import authenticate
+from api.db_sessions import SessionSlots, pool_options
 from api.embedding_cache import ArrayCache
 from drl_core.artifacts import ArtifactStore, build_store
 from drl_core.db import make_engine, session_factory
@@ -34,8 +35,10 @@ class AppState:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engine: sa.Engine = make_engine(settings.resolved_database_url)
+        self.engine: sa.Engine = make_engine(settings.resolved_database_url, **pool_options(settings))
         self.sessions: sessionmaker[Session] = session_factory(self.engine)
+        self.session_slots = SessionSlots(self.sessions, settings.api_threads,
+                                          settings.db_pool_timeout_s)
         self.embeddings = ArrayCache(EMBEDDING_CACHE_BYTES)
         # Sends "run job N" with these settings' broker (not the process-wide default).
         self.celery: Celery = make_celery(settings)
@@ -63,10 +66,12 @@ def get_settings(request: Request) -> Settings:
     return app_state(request).settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """A session per request. Nothing is committed here: service functions commit their own
-    writes, and whatever a failed request left uncommitted is rolled back on close."""
-    with app_state(request).sessions() as session:
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """A session per request, closed once the response is built, before it is sent (scope
+    "function" in SessionDep), within the API's session slots (api/db_sessions.py). Nothing
+    is committed here: service functions commit their own writes, and whatever a failed
+    request left uncommitted is rolled back on close."""
+    async with app_state(request).session_slots.session() as session:
         yield session
 
 
@@ -81,10 +86,12 @@ def get_store(request: Request) -> ArtifactStore:
 bearer_scheme = HTTPBearer(auto_error=False, description="a token from `drl token create NAME`")
 
 
-def get_current_user(
-    request: Request,
-    session: Annotated[Session, Depends(get_session)],
-) -> User | None:
+# Every user of the request's session names this one declaration, so they share one session
+# (FastAPI caches a dependency per declaration and scope).
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def get_current_user(request: Request, session: SessionDep) -> User | None:
     """The signed-in user, or None when auth is off (embedded, localhost).
 
     The header is read here rather than through `bearer_scheme`, which answers None for a
@@ -98,7 +105,6 @@ def get_current_user(
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-SessionDep = Annotated[Session, Depends(get_session)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 CurrentUser = Annotated[User | None, Depends(get_current_user)]
 StateDep = Annotated[AppState, Depends(app_state)]

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
+from api.db_sessions import limit_worker_threads
 from api.deps import AppState, bearer_scheme, get_current_user
 from api.docs_pages import install_docs
 from api.problems import install_problem_handlers
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        limit_worker_threads(state.settings)   # on the loop that serves: sized with the pool
         yield
         state.close()
 

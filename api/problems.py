@@ -7,9 +7,10 @@ non-resolvable URI). Plain HTTP errors with nothing to add (an unknown route, a 
 use `about:blank`, whose title is the HTTP reason phrase, as the RFC prescribes.
 
 Handlers are installed for FastAPI's request validation (422), Starlette's HTTP errors
-(404 unknown route, 405 with its Allow header, ...), `Problem` raised by the application, and
-any other exception: a 500 problem that says an internal error happened and leaks no
-traceback (the traceback goes to the server log).
+(404 unknown route, 405 with its Allow header, ...), `Problem` raised by the application, a
+dependency that is down or saturated (503 with Retry-After: database, broker, artifact store,
+every database session in use), and any other exception: a 500 problem that says an internal
+error happened and leaks no traceback (the traceback goes to the server log).
 """
 
 from __future__ import annotations
@@ -25,10 +26,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as KombuOperationalError
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import InterfaceError as DatabaseInterfaceError
 from sqlalchemy.exc import OperationalError as DatabaseOperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from api.db_sessions import DatabaseBusy
 from drl_core.artifacts import ArtifactStoreError
 from drl_engine.spec import SpecError, merged_list_errors, more_entries, shown_value
 
@@ -58,6 +63,7 @@ NOT_READY = problem_type("not-ready")              # 409: a result its job has n
 NO_ENCODER = problem_type("no-encoder")            # 422: the model kind has no code (vdm)
 NO_CODE_SCORE = problem_type("no-code-conditioned-score")  # 422: its score takes no code (not drl/vdrl)
 UNAVAILABLE = problem_type("service-unavailable")  # 503: database, broker or store down
+BUSY = problem_type("busy")                        # 503: every database session in use
 INTERNAL = problem_type("internal-error")          # 500: a bug; details only in the server log
 
 
@@ -209,16 +215,40 @@ def allowed_methods(request: Request) -> str:
     return ", ".join(allowed)
 
 
+# Retry-After (seconds): a dependency that is down takes a while to come back; a saturated
+# API frees a session within milliseconds to seconds.
+RETRY_AFTER_DOWN_S = 5
+RETRY_AFTER_BUSY_S = 1
+
+
 async def _on_unavailable(request: Request, exc: Exception) -> JSONResponse:
     """A dependency (database, broker, artifact store) failed mid-request: 503, retryable.
-    A create that was saved but not queued is re-queued by retrying it with the same
-    Idempotency-Key. The error's words name hosts and ports (sometimes credentials, in a
-    DSN): they go to the server log, not to the client."""
+    The error's words name hosts and ports (sometimes credentials, in a DSN): they go to the
+    server log, not to the client. Any other database error is a bug: a 500."""
+    if isinstance(exc, DBAPIError) and not _lost_database(exc):
+        return await _on_unexpected(request, exc)
     log.warning("%s %s: %s unavailable: %s", request.method, request.url.path,
                 _dependency(exc), exc)
     return problem_response(request, Problem(
         503, f"the {_dependency(exc)} is unavailable; retry later (the server log says why)",
-        type=UNAVAILABLE, title="Service unavailable", headers={"Retry-After": "5"},
+        type=UNAVAILABLE, title="Service unavailable",
+        headers={"Retry-After": str(RETRY_AFTER_DOWN_S)},
+    ))
+
+
+def _lost_database(exc: DBAPIError) -> bool:
+    """The connection failed (server down, restarted, network), not the statement."""
+    return exc.connection_invalidated or isinstance(
+        exc, (DatabaseOperationalError, DatabaseInterfaceError))
+
+
+async def _on_busy(request: Request, exc: Exception) -> JSONResponse:
+    """No database session or connection freed up in time (api/db_sessions.py): the API is
+    saturated, not broken; the client should come back in a moment."""
+    log.warning("%s %s: busy: %s", request.method, request.url.path, exc)
+    return problem_response(request, Problem(
+        503, "the server is busy (every database connection is in use); retry in a moment",
+        type=BUSY, title="Service unavailable", headers={"Retry-After": str(RETRY_AFTER_BUSY_S)},
     ))
 
 
@@ -242,8 +272,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Problem, _on_problem)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
-    for unavailable in (KombuOperationalError, ArtifactStoreError, DatabaseOperationalError):
+    for unavailable in (KombuOperationalError, ArtifactStoreError, DBAPIError):
         app.add_exception_handler(unavailable, _on_unavailable)
+    for busy in (DatabaseBusy, PoolTimeoutError):
+        app.add_exception_handler(busy, _on_busy)
     # Exception (rather than a middleware) reaches Starlette's ServerErrorMiddleware, the
     # outermost layer, so even errors in other middleware become a problem.
     app.add_exception_handler(Exception, _on_unexpected)

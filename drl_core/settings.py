@@ -41,6 +41,14 @@ class Settings(BaseSettings):
 
     # API.
     auth_enabled: bool = False
+    # How many requests the API serves at once with a database session, each on a thread of
+    # its own: the worker threads and the connection pool are both sized from it (a few
+    # more of each), so that no request ever waits for a connection while holding a thread
+    # another request needs (api/db_sessions.py). Requests beyond it queue without a thread.
+    api_threads: int = Field(default=16, ge=1, le=512)
+    # How long a request waits for a session (or a pooled connection) before it is answered
+    # 503 with Retry-After instead of queueing behind a saturated database.
+    db_pool_timeout_s: float = Field(default=15.0, gt=0)
 
     # Job supervision.
     heartbeat_timeout_s: float = 120.0    # a running job silent this long is lost

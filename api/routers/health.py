@@ -35,7 +35,8 @@ class NotReady(RuntimeError):
 
 
 @router.get("/healthz", response_model=HealthOut, summary="The process is up")
-def healthz() -> HealthOut:
+async def healthz() -> HealthOut:
+    # async: answered on the event loop, so it stays up when every worker thread is busy.
     return HealthOut(status="ok")
 
 
