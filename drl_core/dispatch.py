@@ -7,20 +7,27 @@ queued dependents are enqueued; when it fails or is cancelled every queued job d
 it can never run, and is settled with it (failed, naming the step, or cancelled).
 
 Enqueue only after the job row is committed: the worker reads the row the message names.
+Once a request has committed work, sending it is best effort (`send_or_leave_to_reaper`): the
+row is the promise, and the reaper sends what was never sent.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import sqlalchemy as sa
 from celery import Celery
+from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, object_session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from drl_core.job_states import IllegalTransition, JobStatus, StaleTransition, transition, utc_now
 from drl_core.models import Job
 from drl_core.queue import TASK_RUN_JOB, default_celery
+
+logger = logging.getLogger("drl.dispatch")
 
 
 def enqueue_job(job: Job, celery_app: Celery | None = None) -> None:
@@ -38,6 +45,26 @@ def enqueue_job(job: Job, celery_app: Celery | None = None) -> None:
         set_committed_value(job, "enqueued_at", sent_at)  # the bulk UPDATE does not touch `job`
 
 
+def send_or_leave_to_reaper(job: Job, celery_app: Celery | None = None) -> bool:
+    """`enqueue_job` for work a request has already committed; whether it went out now.
+
+    A broker that is down (or a database that fails while `enqueued_at` is recorded) is
+    logged, not raised: the job stays queued with `enqueued_at` NULL and the reaper's
+    `resend_unsent_jobs` sends it once the broker is back (after `unsent_grace_s`). So the
+    request answers that it created the work, which is true, instead of an error that a
+    client would retry into a duplicate."""
+    try:
+        enqueue_job(job, celery_app)
+        return True
+    except (BrokerError, OSError, SQLAlchemyError) as exc:
+        session = object_session(job)
+        if session is not None:
+            session.rollback()
+        logger.warning("job %s (%s) is saved but its message did not go out (the reaper will "
+                       "send it): %s: %s", job.id, job.kind, type(exc).__name__, exc)
+        return False
+
+
 def enqueue_jobs(jobs: Iterable[Job], celery_app: Celery | None = None) -> list[int]:
     ids = []
     for job in jobs:
@@ -51,13 +78,6 @@ def is_ready(job: Job) -> bool:
     if job.status != JobStatus.QUEUED:
         return False
     return job.depends_on is None or job.depends_on.status == JobStatus.SUCCEEDED
-
-
-def ready_jobs(session: Session, experiment_id: int) -> list[Job]:
-    jobs = session.scalars(
-        sa.select(Job).where(Job.experiment_id == experiment_id).order_by(Job.id)
-    ).all()
-    return [job for job in jobs if is_ready(job)]
 
 
 def direct_dependents(session: Session, job: Job) -> list[Job]:

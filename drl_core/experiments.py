@@ -2,8 +2,11 @@
 
 These are the only writers of experiments and of job status outside the worker; every status
 change goes through `drl_core.job_states.transition`. Functions that create runnable work
-commit first and enqueue after (the worker reads the row the message names); they take an
-optional `celery_app` (default: the app for `get_settings()`).
+commit first and send after (the worker reads the row the message names), and a send that
+fails (broker down) does not fail them: the committed job is the work, and the reaper sends
+its message later (`dispatch.send_or_leave_to_reaper`). So a create either fails having saved
+nothing, or succeeds. They take an optional `celery_app` (default: the app for
+`get_settings()`).
 
 The pipeline an experiment starts with: train (gpu) -> encode on the spec's t grid (gpu) ->
 probe (cpu) -> sample (gpu); a kind without an encoder (`vdm`) trains and samples only, and
@@ -25,7 +28,7 @@ from sqlalchemy.orm import Session
 from drl_core.artifact_keys import (ArtifactKind, embedding_kind, experiment_prefix,
                                     metrics_key, t_key)
 from drl_core.artifacts import ArtifactStore
-from drl_core.dispatch import enqueue_job, enqueue_jobs, ready_jobs
+from drl_core.dispatch import send_or_leave_to_reaper
 from drl_core.job_states import (
     IllegalTransition,
     JobKind,
@@ -105,22 +108,22 @@ def find_by_idempotency_key(session: Session, owner_id: int | None, key: str) ->
     ).one_or_none()
 
 
-def _replay(session: Session, existing: Experiment, spec_json: dict[str, Any],
-            celery_app: Celery | None) -> tuple[Experiment, bool]:
+def _replay(existing: Experiment, spec_json: dict[str, Any]) -> tuple[Experiment, bool]:
+    """The experiment an earlier request with the same key created; it sends nothing (a
+    message that never went out is the reaper's to send), so a hundred retries are a hundred
+    reads, not a hundred messages."""
     if existing.spec != spec_json:
         raise IdempotencyConflict(
             f"idempotency key {existing.idempotency_key!r} was already used for experiment "
             f"{existing.id} with a different spec")
-    # A retry may follow a create whose enqueue failed (broker down): send the ready jobs
-    # again. A duplicate message is harmless (the worker's compare-and-set drops it).
-    enqueue_jobs(ready_jobs(session, existing.id), celery_app)
     return existing, False
 
 
 def create_experiment(session: Session, spec: ExperimentSpec, owner_id: int | None,
                       idempotency_key: str | None, *,
                       celery_app: Celery | None = None) -> tuple[Experiment, bool]:
-    """Create the experiment and its pipeline jobs, commit, enqueue training.
+    """Create the experiment and its pipeline jobs, commit, send training's message (or leave
+    it to the reaper when the broker is down).
 
     Returns (experiment, created). The same `idempotency_key` for the same owner returns the
     existing experiment with created=False (also when a concurrent request won the insert);
@@ -130,7 +133,7 @@ def create_experiment(session: Session, spec: ExperimentSpec, owner_id: int | No
     if idempotency_key is not None:
         existing = find_by_idempotency_key(session, owner_id, idempotency_key)
         if existing is not None:
-            return _replay(session, existing, spec_json, celery_app)
+            return _replay(existing, spec_json)
 
     experiment = Experiment(name=experiment_name(spec), owner_id=owner_id, spec=spec_json,
                             idempotency_key=idempotency_key)
@@ -145,8 +148,8 @@ def create_experiment(session: Session, spec: ExperimentSpec, owner_id: int | No
                     else find_by_idempotency_key(session, owner_id, idempotency_key))
         if existing is None:
             raise
-        return _replay(session, existing, spec_json, celery_app)
-    enqueue_job(jobs[0], celery_app)
+        return _replay(existing, spec_json)
+    send_or_leave_to_reaper(jobs[0], celery_app)
     return experiment, True
 
 
@@ -286,12 +289,13 @@ def usable_train_job(session: Session, experiment: Experiment, purpose: str) -> 
 
 
 def add_and_release(session: Session, job: Job, train: Job, celery_app: Celery | None) -> Job:
-    """Commit a requested job; enqueue it at once when its train job already succeeded (else
-    the train job's success releases it, like any dependent)."""
+    """Commit a requested job; send it at once when its train job already succeeded (else
+    the train job's success releases it, like any dependent; a broker that is down leaves
+    it to the reaper)."""
     session.add(job)
     session.commit()
     if train.status == JobStatus.SUCCEEDED:
-        enqueue_job(job, celery_app)
+        send_or_leave_to_reaper(job, celery_app)
     return job
 
 

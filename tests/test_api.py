@@ -594,23 +594,41 @@ def test_readyz_says_what_is_down_but_not_where_it_is(tmp_path: Path, broker_pre
     assert str(port) in caplog.text   # the operator still learns why
 
 
-def test_broker_down_on_create_is_a_503_and_a_retry_queues_it(
+def test_broker_down_on_create_is_a_201_and_the_reaper_sends_it_later(
     tmp_path: Path, pg_url: str, broker_prefix: str, settings: Settings, session: Session
 ) -> None:
+    """Honest creates: the experiment is saved and answered as created (an error would be
+    retried into a duplicate); its train job waits queued, unsent, for the reaper. A replay
+    of the key sends nothing."""
+    from datetime import timedelta
+
+    from drl_core.job_states import utc_now
+    from drl_core.queue import make_celery
+    from worker.reaper import resend_unsent_jobs
+
     port = closed_port()
     down = make_settings(tmp_path, pg_url, broker_prefix, broker_url=f"redis://127.0.0.1:{port}/0")
     with TestClient(create_app(down)) as client:
         response = client.post("/experiments", json=TINY_SPEC, headers={"Idempotency-Key": "retry-me"})
-        body = assert_problem(response, 503)
-        assert "broker" in body["detail"] and response.headers["retry-after"]
-        assert str(port) not in response.text   # where the broker is stays in the server log
-    # the experiment was saved; retrying with the same key once the broker is back queues it
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert created["status"] == "queued"
+    train = job_of(session, created["id"], "train")
+    assert (train.status, train.enqueued_at) == ("queued", None)   # saved, not sent
+
     queue = redis.Redis.from_url(settings.broker_url)
     before = queue.llen(f"{broker_prefix}gpu")
     with TestClient(create_app(settings)) as client:
         retry = client.post("/experiments", json=TINY_SPEC, headers={"Idempotency-Key": "retry-me"})
-    assert retry.status_code == 200 and queue.llen(f"{broker_prefix}gpu") == before + 1
+    assert retry.status_code == 200 and retry.json()["id"] == created["id"]
+    assert queue.llen(f"{broker_prefix}gpu") == before              # the replay sent nothing
+    celery_app = make_celery(settings)
+    later = utc_now() + timedelta(seconds=61)
+    assert resend_unsent_jobs(session, later, grace_s=60, resend_after_s=3600,
+                              celery_app=celery_app) == [train.id]
+    assert queue.llen(f"{broker_prefix}gpu") == before + 1
     assert session.scalar(sa.select(sa.func.count()).select_from(Experiment)) == 1
+    celery_app.close()
     queue.close()
 
 

@@ -6,6 +6,8 @@ so each test can see exactly what was enqueued (job ids per queue).
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -87,8 +89,8 @@ def test_create_is_idempotent_per_owner_and_key(pg_session: Session, queue) -> N
     again, created_again = create(pg_session, queue, key="k1")
     assert created and not created_again and again.id == first.id
     assert pg_session.scalar(sa.select(sa.func.count()).select_from(Experiment)) == 1
-    # The replay re-sends the still-queued training (a lost enqueue heals); no new jobs.
-    assert queued_job_ids(queue[1], "gpu") == [first.jobs[0].id] * 2
+    # The replay sends nothing (an unsent message is the reaper's); no new jobs.
+    assert queued_job_ids(queue[1], "gpu") == [first.jobs[0].id]
     assert pg_session.scalar(sa.select(sa.func.count()).select_from(Job)) == 4
 
     with pytest.raises(IdempotencyConflict, match="'k1'.*different spec"):
@@ -102,6 +104,37 @@ def test_create_is_idempotent_per_owner_and_key(pg_session: Session, queue) -> N
     assert create(pg_session, queue, owner_id=alice.id, key="k1")[0].id == owned.id
     # No key: every call creates.
     assert create(pg_session, queue)[0].id != create(pg_session, queue)[0].id
+
+
+def test_create_with_the_broker_down_leaves_a_queued_job_the_reaper_sends(
+        pg_session: Session, queue, tmp_path) -> None:
+    """Honest creates: the experiment is saved and answered as created; its train job stays
+    queued with no message sent, and the reaper's resend pass sends it once the broker is
+    back. A replay in between sends nothing either."""
+    from datetime import timedelta
+
+    from drl_core.job_states import utc_now
+    from drl_core.queue import make_celery
+    from drl_core.settings import Settings
+    from worker.reaper import resend_unsent_jobs
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    down = make_celery(Settings(home=tmp_path / "down", broker_url=f"redis://127.0.0.1:{closed}/0"))
+    experiment, created = create_experiment(pg_session, tiny_spec(), None, "k", celery_app=down)
+    assert created
+    train = experiment.jobs[0]
+    pg_session.refresh(train)
+    assert (train.status, train.enqueued_at) == (JobStatus.QUEUED, None)
+    assert create_experiment(pg_session, tiny_spec(), None, "k", celery_app=queue[0]) == (experiment, False)
+    assert queued_job_ids(queue[1], "gpu") == []
+
+    later = utc_now() + timedelta(seconds=61)
+    assert resend_unsent_jobs(pg_session, later, grace_s=60, resend_after_s=3600,
+                              celery_app=queue[0]) == [train.id]
+    assert queued_job_ids(queue[1], "gpu") == [train.id]
+    down.close()
 
 
 def test_replay_does_not_resend_a_running_job(pg_session: Session, queue) -> None:

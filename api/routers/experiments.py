@@ -58,7 +58,9 @@ def create_experiment(
     invalid fields are a 422 naming them (e.g. `model.kind`).
 
     Reusing an Idempotency-Key with a different spec is a 422 (as the IETF
-    Idempotency-Key draft prescribes): the key names a different request. With auth on (a
+    Idempotency-Key draft prescribes): the key names a different request. A create either
+    fails having saved nothing (503 when the database is down) or answers 201: a broker that
+    is down leaves the training queued, and the reaper sends it once the broker is back. With auth on (a
     shared box) dataset paths must lie inside the service's data folder (422 naming them).
     """
     if state.settings.auth_enabled:
