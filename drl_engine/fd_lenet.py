@@ -281,6 +281,16 @@ def fd_lenet(samples: np.ndarray | torch.Tensor, dataset: ImageDataset,
     return frechet_distance(*stats_samples, *stats_test)
 
 
+def classifier_labels(images: np.ndarray | torch.Tensor, dataset: ImageDataset,
+                      cache_dir: str | Path | None = None,
+                      settings: LeNetSettings = LeNetSettings(),
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """The dataset's FD-LeNet classifier's label of each image (uint8 pixels or floats in
+    [0, 1]), on the CPU: what samples.png writes under each reconstruction."""
+    net = load_or_train_lenet(dataset, cache_dir, settings, device).model
+    return predict_labels(net, images, device=device)
+
+
 def reconstruction_agreement(reconstructions: np.ndarray | torch.Tensor,
                              source_labels: np.ndarray | torch.Tensor, dataset: ImageDataset,
                              cache_dir: str | Path | None = None,
@@ -293,6 +303,5 @@ def reconstruction_agreement(reconstructions: np.ndarray | torch.Tensor,
     if len(labels) != len(reconstructions) or len(labels) == 0:
         raise ValueError(f"reconstruction agreement: {len(reconstructions)} reconstructions "
                          f"for {len(labels)} source labels (expected as many, at least one)")
-    net = load_or_train_lenet(dataset, cache_dir, settings, device).model
-    predicted = predict_labels(net, reconstructions, device=device)
+    predicted = classifier_labels(reconstructions, dataset, cache_dir, settings, device)
     return float((predicted == labels).double().mean())

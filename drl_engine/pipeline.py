@@ -6,11 +6,13 @@ Output layout (the service stores the same files under its artifact keys):
     DIR/embeddings/random_init/<split>_t=<t:.3f>.npy   (the untrained control's codes)
     DIR/probes.csv   (encoder,t,<columns>,val_<columns>: test and validation values per t,
                       for encoder trained and for its untrained control random_init)
-    DIR/probes.png   (accuracy against t; the untrained control dashed)
+    DIR/probes.png   (accuracy against t; the untrained control dashed, chance dotted)
     DIR/code_usage.csv (step,t,error_true,error_shuffled,error_class_shuffled,code_gain,class_gain)
     DIR/code_usage.png (code_gain and class_gain as shares of error_shuffled against t, one
                         curve per checkpoint)
-    DIR/samples.png
+    DIR/samples.png  (encoded codes: rows of test images, each over a row of their
+                      reconstructions; with labels, each image captioned with its class and
+                      each reconstruction with FD-LeNet's classifier's label of it)
     DIR/metrics.json (spec, training summary, probe table with best t chosen on validation
                       and its control's, sampling summary)
 
@@ -29,6 +31,7 @@ reconstructions.png (test images over their reconstructions, per noise level for
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,10 +46,10 @@ from .code_usage_table import write_code_usage_csv
 from .datasets import ImageDataset, load_dataset
 from .device import resolve_device
 from .encode import Encodings, embedding_filename, encode_at
-from .fd_lenet import FD_LENET, fd_lenet, reconstruction_agreement
+from .fd_lenet import FD_LENET, classifier_labels, fd_lenet, reconstruction_agreement
 from .generate import Generation, generate, generate_interpolations
-from .plots import plot_code_usage, plot_probe_curves, save_image_grid
-from .probes import ProbeTable, probe_sweep
+from .plots import plot_code_usage, plot_probe_curves, save_captioned_grid, save_image_grid
+from .probes import ProbeTable, chance_accuracy, probe_sweep
 from .registry import kind_entry, untrained_model
 from .spec import (RANDOM_INIT, TRAINED, EncoderWeights, ExperimentSpec, SampleSpec,
                    generation_sample_spec, has_encoder, has_sampler)
@@ -97,14 +100,77 @@ def grid_width(n: int, target: int) -> int:
     return next(d for d in range(max(1, min(target, n)), n + 1) if n % d == 0) if n else 1
 
 
-def save_generation(gen: Generation, path: Path) -> None:
-    """Encoded codes: originals on top, their reconstructions below; else the samples alone."""
+@dataclass
+class ReconstructionLabels:
+    """The classes of encoded test images, and FD-LeNet's classifier's label of each of their
+    reconstructions: whether the code carried the class through the decoder, image by image."""
+    source: torch.Tensor      # (B,) the test images' classes
+    predicted: torch.Tensor   # (B,) the classifier's label of each reconstruction
+
+    @property
+    def agreement(self) -> float:
+        """The share of reconstructions labelled as their source's class."""
+        return float((self.predicted == self.source).double().mean())
+
+
+def reconstruction_labels(gen: Generation, ds: ImageDataset, device) -> ReconstructionLabels | None:
+    """None unless each image is the reconstruction of one labelled source image (code_source
+    'encoded', not interpolations or prior samples; `generate` encodes the first test images)
+    and every image is finite."""
+    if (gen.references is None or len(gen.references) != len(gen.images) or ds.y_test is None
+            or ds.y_train is None or not torch.isfinite(gen.images).all()):
+        return None
+    source = ds.y_test[:len(gen.images)].cpu()
+    return ReconstructionLabels(source, classifier_labels(gen.images, ds, device=device))
+
+
+def reconstruction_agreement_report(gen: Generation, ds: ImageDataset, device) -> float | None:
+    """`reconstruction_labels(...).agreement`: the share of reconstructions of encoded test
+    images that FD-LeNet's classifier labels as their source's class; None where there are
+    no such labels."""
+    labels = reconstruction_labels(gen, ds, device)
+    return None if labels is None else labels.agreement
+
+
+def paired_rows(references: torch.Tensor, images: torch.Tensor, nrow: int) -> torch.Tensor:
+    """Rows of `nrow` references, each followed by the row of their images, so every image
+    lies right below its source (len(images) a multiple of nrow)."""
+    rows = []
+    for start in range(0, len(images), nrow):
+        rows += [references[start:start + nrow], images[start:start + nrow]]
+    return torch.cat(rows)
+
+
+# Caption colours (Okabe-Ito: sky blue and orange stay distinct under either common colour
+# blindness): a test image's class, and a reconstruction's label that agrees or differs.
+SOURCE_COLOUR, AGREES_COLOUR, DIFFERS_COLOUR = "white", "#56b4e9", "#e69f00"
+
+
+def save_generation(gen: Generation, path: Path, labels: ReconstructionLabels | None = None) -> None:
+    """Encoded codes: rows of originals, each over the row of their reconstructions; with
+    `labels`, each original captioned with its class and each reconstruction with the
+    classifier's label of it (blue: agrees, orange: differs). Else the samples alone."""
     n = len(gen.images)
-    if gen.references is not None:
-        nrow = grid_width(n, int(np.ceil(np.sqrt(2 * n))))
-        save_image_grid(torch.cat([gen.references, gen.images]), path, nrow=nrow)
-    else:
+    if gen.references is None:
         save_image_grid(gen.images, path, nrow=grid_width(n, int(np.ceil(np.sqrt(n)))))
+        return
+    nrow = grid_width(n, int(np.ceil(np.sqrt(2 * n))))
+    grid = paired_rows(gen.references, gen.images, nrow)
+    if labels is None:
+        save_image_grid(grid, path, nrow=nrow)
+        return
+    captions: list[str] = []
+    colours: list[str] = []
+    for start in range(0, n, nrow):
+        source = labels.source[start:start + nrow].tolist()
+        predicted = labels.predicted[start:start + nrow].tolist()
+        captions += [str(y) for y in source] + [str(p) for p in predicted]
+        colours += [SOURCE_COLOUR] * len(source)
+        colours += [AGREES_COLOUR if p == y else DIFFERS_COLOUR for p, y in zip(predicted, source)]
+    agreeing = int((labels.predicted == labels.source).sum())
+    title = (f"test images (their class) over their reconstructions (FD-LeNet classifier's "
+             f"label: blue agrees, orange differs): {agreeing} of {n} agree")
+    save_captioned_grid(grid, path, nrow, captions, colours, title)
 
 
 def save_interpolations(gen: Generation, path: Path) -> None:
@@ -207,25 +273,28 @@ def chain_callbacks(*callbacks: Callable | None) -> Callable | None:
     return call_each
 
 
-def reconstruction_agreement_report(gen: Generation, ds: ImageDataset, device) -> float | None:
-    """The share of reconstructions of encoded test images (`generate` encodes the first
-    ones) that FD-LeNet's classifier labels as their source's class; None unless each image
-    is the reconstruction of one labelled source image (code_source 'encoded', not
-    interpolations or prior samples) and every image is finite."""
-    if (gen.references is None or len(gen.references) != len(gen.images) or ds.y_test is None
-            or ds.y_train is None or not torch.isfinite(gen.images).all()):
-        return None
-    return reconstruction_agreement(gen.images, ds.y_test[:len(gen.images)], ds, device=device)
+# What a fresh start discards of an earlier run in the same folder: the checkpoints training
+# would resume from, and embeddings at t values the new grid may not have. Every other file
+# is rewritten by the new run.
+PREVIOUS_RUN_FOLDERS = ("checkpoints", "embeddings")
+
+
+def discard_previous_run(out_dir: Path) -> None:
+    for name in PREVIOUS_RUN_FOLDERS:
+        if (out_dir / name).is_dir():
+            shutil.rmtree(out_dir / name)
 
 
 def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
                    on_train_progress: Callable[[TrainProgress], None] | None = None,
                    log: Log = print, dataset: ImageDataset | None = None,
-                   on_checkpoint_model: Callable[[torch.nn.Module, int], None] | None = None
-                   ) -> RunSummary:
+                   on_checkpoint_model: Callable[[torch.nn.Module, int], None] | None = None,
+                   fresh: bool = False) -> RunSummary:
     """Every stage into `out_dir` (the module docstring lists the files). `on_checkpoint_model`
     (e.g. a study's learning curve) is called at every checkpoint with the EMA model, after
-    the code-usage diagnostic."""
+    the code-usage diagnostic. Training resumes from `out_dir`'s last checkpoint (of the same
+    spec, else checkpoint.ResumeError) unless `fresh`, which first discards the earlier run's
+    PREVIOUS_RUN_FOLDERS."""
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
     device = resolve_device(spec.train.device)
@@ -236,6 +305,8 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
     timings["load_s"] = time.perf_counter() - start
     # Only now: bad input (a missing dataset, a wrong device) leaves no empty folder behind.
     out_dir.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        discard_previous_run(out_dir)
     log(f"dataset {ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test images "
         f"of shape {tuple(ds.image_shape)} on {device}")
 
@@ -286,7 +357,8 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
                             ds.y_test.cpu().numpy(), spec.evaluate,
                             control=probe_pairs(encodings[RANDOM_INIT]))
         table.to_csv(out_dir / "probes.csv")
-        plot_probe_curves(table, out_dir / "probes.png", title=spec.name or ds.name)
+        plot_probe_curves(table, out_dir / "probes.png", title=spec.name or ds.name,
+                          chance=chance_accuracy(ds.y_test.cpu().numpy()))
         timings["probe_s"] = time.perf_counter() - start
         log(table.format_table())
     elif encodings:
@@ -294,20 +366,24 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
 
     start = time.perf_counter()
     sample_spec = generation_sample_spec(spec)
-    gen = reconstructions = None
+    gen = reconstructions = labels = None
     if not has_sampler(spec.model.kind):
         reconstructions = baseline_reconstructions(model, spec, ds, out_dir, device, log)
     elif spec.model.kind == "vdm_vae":
         # The VAE's generative claim is p(x) = E_p(z) p(x|z): samples.png draws z from the prior;
         # reconstructions and interpolations of test images' codes go to their own files.
-        save_generation(generate(model, spec.sample.model_copy(update={"code_source": "encoded"}),
-                                 ds.x_test, device), out_dir / "reconstructions.png")
+        encoded = generate(model, spec.sample.model_copy(update={"code_source": "encoded"}),
+                           ds.x_test, device)
+        save_generation(encoded, out_dir / "reconstructions.png",
+                        reconstruction_labels(encoded, ds, device))
         if len(ds.x_test) >= 2:
             interpolations = generate_interpolations(model, spec.sample, ds.x_test, device)
             save_interpolations(interpolations, out_dir / "interpolations.png")
     if has_sampler(spec.model.kind):
         gen = generate(model, sample_spec, ds.x_test, device)
-        save_generation(gen, out_dir / "samples.png")
+        # The classifier's labels caption samples.png (encoded codes) and give the agreement.
+        labels = reconstruction_labels(gen, ds, device)
+        save_generation(gen, out_dir / "samples.png", labels)
     timings["sample_s"] = time.perf_counter() - start
 
     fd = agreement = None
@@ -322,7 +398,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
             fd = fd_lenet_report(gen, ds, device)
             timings["fd_lenet_s"] = time.perf_counter() - start
             log(f"{FD_LENET} of {fd['samples']} samples ({fd['steps']} steps): {fd['value']:.3f}")
-        agreement = reconstruction_agreement_report(gen, ds, device)
+        agreement = labels.agreement if labels is not None else None
         if agreement is not None:
             log(f"reconstruction agreement: {agreement:.3f} of {len(gen.images)} reconstructions "
                 "labelled as their source's class")

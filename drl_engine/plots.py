@@ -7,6 +7,7 @@ backend is ever loaded and the process-wide backend setting is left alone.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,31 +29,33 @@ def _as_numpy(images: Any) -> np.ndarray:
 
 
 def image_grid(images: Any, nrow: int | None = None, padding: int = 2,
-               pad_value: float = 0.0) -> np.ndarray:
+               pad_value: float = 0.0, caption_height: int = 0) -> np.ndarray:
     """Tile a batch into one picture, as torchvision's make_grid does.
 
     images: (B, C, H, W) floats in [0, 1] (torch or numpy), C = 1 or 3; VP samples in
     [-1, 1] must be mapped to [0, 1] first. Values outside [0, 1] are clipped. `nrow` images
-    per row (default ceil(sqrt(B))), `padding` pixels of `pad_value` between and around them.
-    Returns uint8 of shape (rows * (H + padding) + padding, nrow * (W + padding) + padding),
-    with a trailing 3 for colour.
+    per row (default ceil(sqrt(B))), `padding` pixels of `pad_value` between and around them,
+    and `caption_height` more below each row (room for `captioned_grid_figure`'s labels).
+    Returns uint8 of shape (rows * (H + caption_height + padding) + padding,
+    nrow * (W + padding) + padding), with a trailing 3 for colour.
     """
     x = _as_numpy(images)
     if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[0] == 0:
         raise ValueError(f"images: expected a non-empty batch of shape (B, C, H, W) with C 1 or "
                          f"3, got shape {x.shape}")
-    if padding < 0:
-        raise ValueError(f"padding: expected >= 0, got {padding}")
+    if padding < 0 or caption_height < 0:
+        raise ValueError(f"padding, caption_height: expected >= 0, got {padding}, {caption_height}")
     b, c, h, w = x.shape
     ncol = nrow if nrow is not None else math.ceil(math.sqrt(b))
     if ncol < 1:
         raise ValueError(f"nrow: expected >= 1, got {nrow}")
     ncol = min(ncol, b)
     nrows = math.ceil(b / ncol)
-    grid = np.full((c, nrows * (h + padding) + padding, ncol * (w + padding) + padding),
+    row_height = h + caption_height + padding
+    grid = np.full((c, nrows * row_height + padding, ncol * (w + padding) + padding),
                    pad_value, dtype=np.float32)
     for i in range(b):
-        top = padding + (i // ncol) * (h + padding)
+        top = padding + (i // ncol) * row_height
         left = padding + (i % ncol) * (w + padding)
         grid[:, top:top + h, left:left + w] = x[i]
     pixels = np.round(np.clip(np.nan_to_num(grid), 0.0, 1.0) * 255).astype(np.uint8)
@@ -76,11 +79,70 @@ def save_image_grid(images: Any, path: str | Path, nrow: int | None = None) -> N
     grid.save(path, format="PNG")
 
 
-def probe_curves_figure(table: ProbeTable, title: str | None = None) -> Figure:
+GRID_PADDING = 2          # image_grid's default
+# A captioned grid is drawn at least this many screen pixels per image, so that a caption
+# under a 16-px digit is readable.
+MIN_CAPTIONED_CELL = 48
+CAPTION_DPI = 100
+
+
+def captioned_grid_figure(images: Any, nrow: int, captions: Sequence[str],
+                          colours: Sequence[str], title: str | None = None) -> Figure:
+    """`image_grid(images, nrow)` with one caption under each image, in its colour, and an
+    optional title above; on a black background (the grid's padding) at a whole-pixel scale.
+
+    The grid is the same picture `save_image_grid` writes, with `caption_height` rows of
+    padding added below each row of images for the captions."""
+    b, _, h, w = _as_numpy(images).shape
+    if not len(captions) == len(colours) == b:
+        raise ValueError(f"captions: expected one caption and one colour per image ({b}), got "
+                         f"{len(captions)} captions and {len(colours)} colours")
+    caption_height = max(8, h // 2)
+    pixels = image_grid(images, nrow, GRID_PADDING, caption_height=caption_height)
+    height, width = pixels.shape[:2]
+    scale = max(1, MIN_GRID_WIDTH // width, math.ceil(MIN_CAPTIONED_CELL / (w + GRID_PADDING)))
+    # Title lines wrapped to the figure's width (about 7 screen pixels per character at 9 pt).
+    title_lines = textwrap.wrap(title, max(20, width * scale // 7)) if title else []
+    line_px = 16
+    header_px = line_px * len(title_lines) + (8 if title_lines else 0)
+    fig_h_px = height * scale + header_px
+    fig = Figure(figsize=(width * scale / CAPTION_DPI, fig_h_px / CAPTION_DPI), dpi=CAPTION_DPI,
+                 facecolor="black")
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.0, 0.0, 1.0, height * scale / fig_h_px))
+    ax.imshow(pixels, cmap="gray" if pixels.ndim == 2 else None, vmin=0, vmax=255,
+              interpolation="nearest")
+    ax.set_axis_off()
+    ncol = min(nrow, b)
+    font_pt = 0.6 * caption_height * scale * 72 / CAPTION_DPI
+    for i, (caption, colour) in enumerate(zip(captions, colours)):
+        x = GRID_PADDING + (i % ncol) * (w + GRID_PADDING) + (w - 1) / 2
+        y = GRID_PADDING + (i // ncol) * (h + caption_height + GRID_PADDING) + h + caption_height / 2
+        ax.text(x, y, caption, color=colour, ha="center", va="center", fontsize=font_pt,
+                fontweight="bold")
+    for j, line in enumerate(title_lines):
+        fig.text(0.5, 1 - (4 + line_px * (j + 0.5)) / fig_h_px, line, color="white",
+                 ha="center", va="center", fontsize=9)
+    return fig
+
+
+def save_captioned_grid(images: Any, path: str | Path, nrow: int, captions: Sequence[str],
+                        colours: Sequence[str], title: str | None = None) -> None:
+    """`captioned_grid_figure` as a PNG (parent folders are created)."""
+    fig = captioned_grid_figure(images, nrow, captions, colours, title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=CAPTION_DPI, facecolor="black")
+
+
+def probe_curves_figure(table: ProbeTable, title: str | None = None,
+                        chance: float | None = None) -> Figure:
     """Probe results (test values) against t: accuracies (svc_*, linear, mlp) in one panel,
     the silhouette in a second. A star marks each curve's best t (chosen on the validation
     split, named in the legend); the untrained control (random_init) is drawn dashed in its
-    curve's colour, so a curve it matches is seen to be no learned gain."""
+    curve's colour, so a curve it matches is seen to be no learned gain; `chance` (the
+    accuracy of guessing, 1 / the number of classes) is a dotted grey line on the accuracy
+    panel. Legends stand beside their panel, never over a curve."""
     if not table.rows or not table.columns:
         raise ValueError("probe table: nothing to plot (no rows or no columns)")
     accuracy = [c for c in table.columns if c != "silhouette"]
@@ -90,7 +152,7 @@ def probe_curves_figure(table: ProbeTable, title: str | None = None) -> Figure:
     ts = [row["t"] for row in table.rows]
     control_ts = [row["t"] for row in table.control_rows]
 
-    fig = Figure(figsize=(5.5 * len(panels), 4.0), layout="constrained")
+    fig = Figure(figsize=(7.5 * len(panels), 4.0), layout="constrained")
     FigureCanvasAgg(fig)
     for i, cols in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
@@ -111,19 +173,23 @@ def probe_curves_figure(table: ProbeTable, title: str | None = None) -> Figure:
             # One legend entry for every dashed curve, rather than one per column.
             ax.plot([], [], linestyle="--", linewidth=1, color="grey",
                     label="dashed: random_init (untrained)")
+        if chance is not None and cols != ["silhouette"]:
+            ax.axhline(chance, linestyle=":", linewidth=1.2, color="black", gid="chance",
+                       label=f"chance ({chance:.3g})")
         ax.set_xlabel("diffusion time t")
         ax.set_ylabel("silhouette score" if cols == ["silhouette"] else "test accuracy")
         ax.set_xlim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     if title:
         fig.suptitle(title)
     return fig
 
 
-def plot_probe_curves(table: ProbeTable, path: str | Path, title: str | None = None) -> None:
+def plot_probe_curves(table: ProbeTable, path: str | Path, title: str | None = None,
+                      chance: float | None = None) -> None:
     """`probe_curves_figure` as a PNG (parent folders are created)."""
-    fig = probe_curves_figure(table, title)
+    fig = probe_curves_figure(table, title, chance)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=100)

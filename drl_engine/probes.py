@@ -300,6 +300,15 @@ def silhouette(test_x, test_y, seed: int, max_points: int = 5000) -> float:
     return float(silhouette_score(x, y, metric="euclidean"))
 
 
+def chance_accuracy(labels: Any) -> float:
+    """The accuracy of guessing: 1 / the number of classes among `labels` (probes.png's chance
+    line; a probe near it has found no class in the code)."""
+    classes = len(np.unique(np.asarray(labels)))
+    if classes == 0:
+        raise ValueError("chance accuracy: no labels")
+    return 1.0 / classes
+
+
 # --- one t, and a sweep over t -----------------------------------------------------------
 
 def probe_columns(spec: EvaluateSpec) -> list[str]:

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from drl_engine.pipeline import grid_width
-from drl_engine.plots import image_grid, plot_probe_curves, probe_curves_figure, save_image_grid
+from drl_engine.plots import (captioned_grid_figure, image_grid, plot_probe_curves,
+                              probe_curves_figure, save_captioned_grid, save_image_grid)
 from drl_engine.probes import ProbeTable
 
 
@@ -117,3 +118,67 @@ def test_plot_single_panel_and_empty_table(tmp_path):
 ])
 def test_grid_width_divides_n_and_is_one_row_when_the_target_exceeds_n(n, target, width):
     assert grid_width(n, target) == width
+
+
+def test_probe_curves_draw_a_chance_line_and_keep_the_legend_off_the_curves():
+    columns = ["svc_100", "linear", "silhouette"]
+    rows = [{"t": t, **{c: 0.9 for c in columns}, **{f"val_{c}": 0.9 for c in columns}}
+            for t in (0.0, 0.5, 1.0)]
+    fig = probe_curves_figure(ProbeTable(columns, rows), chance=0.1)
+    accuracy, silhouette = fig.axes
+    (chance,) = [line for line in accuracy.get_lines() if line.get_gid() == "chance"]
+    assert list(chance.get_ydata()) == [0.1, 0.1] and chance.get_linestyle() == ":"
+    assert "chance (0.1)" in [t.get_text() for t in accuracy.get_legend().get_texts()]
+    assert not [line for line in silhouette.get_lines() if line.get_gid() == "chance"]
+    # Each legend lies outside its panel, right of it: it cannot hide a curve.
+    fig.canvas.draw()
+    for ax in fig.axes:
+        legend = ax.get_legend().get_window_extent()
+        assert legend.x0 >= ax.get_window_extent().x1
+
+
+def test_captioned_grid_puts_each_caption_under_its_image(tmp_path):
+    images = batch(6, 1, 16, 16)
+    captions = [str(i) for i in range(6)]
+    fig = captioned_grid_figure(images, 3, captions, ["white"] * 6, title="a title")
+    (ax,) = fig.axes
+    texts = {t.get_text(): t.get_position() for t in ax.texts}
+    assert sorted(texts) == captions
+    # Image i of 16 px sits at column i % 3, row i // 3 of (16 + 2 + 8)-px rows: its caption
+    # is centred under it, in the 8-px band below the image.
+    for i in range(6):
+        x, y = texts[str(i)]
+        assert x == pytest.approx(2 + (i % 3) * 18 + 7.5)
+        assert y == pytest.approx(2 + (i // 3) * 26 + 16 + 4)
+    assert [t.get_text() for t in fig.texts] == ["a title"]
+    save_captioned_grid(images, tmp_path / "g.png", 3, captions, ["white"] * 6)
+    assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="one caption and one colour per image"):
+        captioned_grid_figure(images, 3, captions[:5], ["white"] * 6)
+
+
+def test_image_grid_leaves_room_for_captions():
+    assert image_grid(batch(6, 1), nrow=3, caption_height=5).shape == (2 * (4 + 5 + 2) + 2, 3 * (5 + 2) + 2)
+
+
+def test_samples_png_pairs_each_row_of_sources_with_their_reconstructions(monkeypatch, tmp_path):
+    from drl_engine import pipeline
+    from drl_engine.generate import Generation
+
+    sources = torch.arange(4, dtype=torch.float32).reshape(4, 1, 1, 1).expand(4, 1, 2, 2) / 10
+    reconstructions = sources + 0.5
+    assert pipeline.paired_rows(sources, reconstructions, 2)[:, 0, 0, 0].tolist() == pytest.approx(
+        [0.0, 0.1, 0.5, 0.6, 0.2, 0.3, 0.7, 0.8])
+    drawn = {}
+    monkeypatch.setattr(pipeline, "save_captioned_grid",
+                        lambda images, path, nrow, captions, colours, title: drawn.update(
+                            nrow=nrow, captions=captions, colours=colours, title=title))
+    labels = pipeline.ReconstructionLabels(torch.tensor([3, 1, 4, 1]), torch.tensor([3, 7, 4, 1]))
+    generation = Generation(images=reconstructions, references=sources, codes=None, result=None)
+    pipeline.save_generation(generation, tmp_path / "samples.png", labels)
+    # 4 pairs in rows of 4 (the smallest divisor of 4 >= ceil(sqrt(8))): sources' classes, then
+    # the classifier's labels of the reconstructions below them, coloured by agreement.
+    assert drawn["nrow"] == 4 and drawn["captions"] == ["3", "1", "4", "1", "3", "7", "4", "1"]
+    assert drawn["colours"] == [pipeline.SOURCE_COLOUR] * 4 + [
+        pipeline.AGREES_COLOUR, pipeline.DIFFERS_COLOUR, pipeline.AGREES_COLOUR, pipeline.AGREES_COLOUR]
+    assert "3 of 4 agree" in drawn["title"] and labels.agreement == 0.75

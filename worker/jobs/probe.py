@@ -15,7 +15,7 @@ import numpy as np
 
 from drl_core.artifact_keys import SPLITS, ArtifactKind, embedding_kind, probes_key, t_key
 from drl_engine.plots import plot_probe_curves
-from drl_engine.probes import probe_sweep
+from drl_engine.probes import chance_accuracy, probe_sweep
 from drl_engine.spec import ENCODER_WEIGHTS, RANDOM_INIT, TRAINED
 from worker.context import JobContext
 from worker.jobs.arrays import npy_load
@@ -65,6 +65,7 @@ def run(ctx: JobContext) -> None:
     ctx.store_file(probes_key(ctx.experiment_id, "csv"), csv_path, ArtifactKind.PROBES,
                    {"format": "csv"})
     png_path = ctx.workdir / "probes.png"
-    plot_probe_curves(table, png_path, title=ctx.spec.name or f"experiment {ctx.experiment_id}")
+    plot_probe_curves(table, png_path, title=ctx.spec.name or f"experiment {ctx.experiment_id}",
+                      chance=chance_accuracy(y_test))
     ctx.store_file(probes_key(ctx.experiment_id, "png"), png_path, ArtifactKind.PROBES,
                    {"format": "png"})
