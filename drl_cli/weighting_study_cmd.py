@@ -39,6 +39,9 @@ def add_parser(sub) -> None:
     p.add_argument("--shard", default="0/1", metavar="I/N",
                    help="run every N-th cell from the I-th (N processes share the grid; the "
                         "last to finish writes the report); default 0/1")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the report from the cells that have run, listing "
+                        "the others as not run")
     p.set_defaults(func=run)
 
 
@@ -55,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
                        + (["--device", args.device] if args.device != "auto" else []))
     result = run_weighting_study(args.budget, args.out, data_dir=args.data_dir,
                                  device=args.device, runs_dir=args.runs_dir, command=command,
-                                 shard=shard, log=lambda m: tqdm.write(m))
+                                 shard=shard, report_only=args.report_only,
+                                 log=lambda m: tqdm.write(m))
     if result.report is not None:
         print(f"wrote {result.report} in {result.seconds / 60:.1f} minutes")
     return 0

@@ -67,6 +67,11 @@ def test_tiny_study_writes_the_report_resumes_and_shards(tmp_path):
     # Two shards: the first leaves the report to whoever finishes the grid.
     assert main(args + ["--shard", "0/2"]) == 0
     assert not (out / "WEIGHTING.md").exists()
+    # ... unless asked for a report of what has run: it lists the cells that have not.
+    assert main(args + ["--report-only"]) == 0
+    partial = (out / "WEIGHTING.md").read_text()
+    first_missing = get_budget("tiny").cells()[1].name
+    assert "**Incomplete: " in partial and f"`{first_missing}`" in partial
     assert main(args + ["--shard", "1/2"]) == 0
     report = (out / "WEIGHTING.md").read_text()
     budget = get_budget("tiny")

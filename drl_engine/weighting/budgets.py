@@ -95,16 +95,17 @@ class WeightingBudget:
     cut: tuple[str, ...] = field(default_factory=tuple)   # what this budget leaves out, and why
 
     def cells(self) -> list[Cell]:
-        """Every run, in report order: per dataset, per variant, static then time-conditioned,
-        per seed. The AE's encoder is static by definition."""
+        """Every run, in report order: per dataset, the static encoders (every variant, every
+        seed), then the time-conditioned ones, so a study cut short has the static comparison
+        first. The AE's encoder is static by definition."""
         cells = []
         for ds in self.datasets:
-            for variant in ds.variants:
-                encoders = ["static"]
-                if variant in ds.time_conditioned and variant != "ae":
-                    encoders.append("time_conditioned")
-                cells += [Cell(ds.name, variant, enc, seed) for enc in encoders
-                          for seed in self.seeds]
+            cells += [Cell(ds.name, variant, "static", seed)
+                      for variant in ds.variants for seed in self.seeds]
+            cells += [Cell(ds.name, variant, "time_conditioned", seed)
+                      for variant in ds.variants
+                      if variant in ds.time_conditioned and variant != "ae"
+                      for seed in self.seeds]
         return cells
 
     def dataset(self, name: str) -> DatasetBudget:

@@ -275,7 +275,7 @@ def plot_t_profile(groups, dataset: str, path: Path) -> bool:
 # --- the report ------------------------------------------------------------------------------
 
 def render_report(budget: WeightingBudget, results: list[CellResult], out_dir: Path,
-                  command: str, minutes: float) -> str:
+                  command: str, minutes: float, not_run: list[str] | None = None) -> str:
     groups = group(results)
     image_dir = out_dir / IMAGE_DIR
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -302,6 +302,11 @@ def render_report(budget: WeightingBudget, results: list[CellResult], out_dir: P
     ]
     if budget.cut:
         parts += ["Cut from this budget, and why:", "", *[f"- {c}" for c in budget.cut], ""]
+    if not_run:
+        parts += [f"**Incomplete: {len(not_run)} of {len(budget.cells())} cells of this budget's "
+                  "grid have not run**, so their rows are missing below (rerun the command: "
+                  "cells that ran are read back from their cell.json): "
+                  + ", ".join(f"`{name}`" for name in not_run) + ".", ""]
 
     parts += ["## Targets", ""]
     target = ae_target(groups, budget)

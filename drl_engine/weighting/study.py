@@ -34,7 +34,11 @@ class StudyResult:
 def run_weighting_study(budget: str | WeightingBudget, out_dir: str | Path, *,
                         data_dir: str | None = None, device: str = "auto",
                         runs_dir: str | Path | None = None, command: str | None = None,
-                        shard: tuple[int, int] = (0, 1), log: Log = print) -> StudyResult:
+                        shard: tuple[int, int] = (0, 1), report_only: bool = False,
+                        log: Log = print) -> StudyResult:
+    """Run this shard's cells (none with `report_only`), then write the report once every
+    cell of the grid has run; with `report_only` write it from the cells that have run, the
+    others listed as not run."""
     budget = get_budget(budget) if isinstance(budget, str) else budget
     index, count = shard
     if not 0 <= index < count:
@@ -47,7 +51,7 @@ def run_weighting_study(budget: str | WeightingBudget, out_dir: str | Path, *,
     datasets: dict[str, ImageDataset] = {}
     results = []
     for i, cell in enumerate(cells):
-        if i % count != index:
+        if report_only or i % count != index:
             continue
         if cell.dataset not in datasets:   # one load per dataset: its cells share the data
             datasets[cell.dataset] = load_dataset(cell_spec(budget, cell, data_dir, device).dataset)
@@ -61,14 +65,14 @@ def run_weighting_study(budget: str | WeightingBudget, out_dir: str | Path, *,
             done[cell] = CellResult.from_json(path.read_text())
     missing = [c.name for c in cells if c not in done]
     seconds = time.perf_counter() - start
-    if missing:
+    if missing and not report_only:
         log(f"{len(missing)} cells not run yet (other shards?): {', '.join(missing[:5])}"
             + (" ..." if len(missing) > 5 else "") + "; the report waits for them")
         return StudyResult(budget, results, None, seconds)
-    ordered = [done[c] for c in cells]
+    ordered = [done[c] for c in cells if c in done]
     minutes = sum(r.seconds for r in ordered) / 60
     out_dir.mkdir(parents=True, exist_ok=True)
     report = out_dir / REPORT_NAME
-    report.write_text(render_report(budget, ordered, out_dir, command, minutes))
+    report.write_text(render_report(budget, ordered, out_dir, command, minutes, not_run=missing))
     log(f"wrote {report}")
     return StudyResult(budget, ordered, report, seconds)
