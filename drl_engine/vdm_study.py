@@ -7,7 +7,12 @@ on the ELBO at KL weight 1) and as the unconditional `vdm`. Each run is a plain 
 
     test bits/dim = diffusion + prior + reconstruction + KL      (KL = 0 for vdm)
     FD-LeNet of samples.png (z ~ N(0, I) for vdm_vae, unconditional for vdm) against the test set
-    the probe accuracy of the code z (vdm_vae), and the KL in nats per image: does it use z?
+    the probe accuracy of the code z (vdm_vae), and the KL in nats per image
+
+and, read from the run's final (EMA) checkpoint, the schedule's endpoints gamma(0), gamma(1)
+(learned, as in the paper) and, for vdm_vae, whether its decoder uses z: the same model's
+diffusion term with its own posterior codes against shuffled and prior codes
+(vdm/code_use.py), the test the verdict comes from.
 
 Budgets are data (`STUDY_BUDGETS`): `small` takes about 10 minutes on 2 shared CPU cores
 (OMP_NUM_THREADS=1); `full` is what docs/VDM_VAE.md shows, sized to the 2-core build machine
@@ -24,11 +29,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .checkpoint import latest_checkpoint, load_model
 from .datasets import ImageDataset, load_dataset
+from .device import resolve_device
 from .fd_lenet import FD_LENET
 from .pipeline import run_experiment
 from .registry import build_model
-from .spec import RANDOM_INIT, ExperimentSpec, parse_spec
+from .spec import RANDOM_INIT, ExperimentSpec, VDMSpec, parse_spec
+from .vdm.code_use import CodeUseTest, measure_code_use
 
 Log = Callable[[str], None]
 KINDS = ("vdm_vae", "vdm")
@@ -175,6 +183,8 @@ class StudyRow:
     run_dir: Path
     samples_png: str | None = None    # relative to the report
     control_best: dict | None = None  # the same probes of the untrained encoder (vdm_vae)
+    endpoints: tuple[float, float] | None = None   # the trained schedule's gamma(0), gamma(1)
+    code_use: CodeUseTest | None = None            # the within-model test of z (vdm_vae)
 
     @property
     def kind(self) -> str:
@@ -219,11 +229,29 @@ def run_cell(budget: StudyBudget, cell: Cell, ds: ImageDataset, runs_dir: Path,
     png = image_dir / f"{cell.name}_samples.png"
     shutil.copyfile(run_dir / "samples.png", png)
     data_dims = math.prod(ds.image_shape)
+    endpoints, code_use = trained_model_checks(spec, ds, run_dir, device)
+    if code_use is not None:
+        log(f"code use: diffusion {code_use.posterior:.4f} bits/dim with posterior codes, "
+            f"{code_use.shuffled:.4f} shuffled, {code_use.prior:.4f} from the prior")
     return StudyRow(cell, params, encoder_params, metrics["train"]["steps"], bits,
                     metrics["fd_lenet"], summary.probes.best() if summary.probes else None,
                     bits["kl"] * data_dims * math.log(2.0), seconds, run_dir,
                     f"{image_dir.name}/{png.name}",
-                    summary.probes.best(RANDOM_INIT) if summary.probes else None)
+                    summary.probes.best(RANDOM_INIT) if summary.probes else None,
+                    endpoints, code_use)
+
+
+def trained_model_checks(spec: ExperimentSpec, ds: ImageDataset, run_dir: Path, device: str
+                         ) -> tuple[tuple[float, float], CodeUseTest | None]:
+    """From the run's final checkpoint (the EMA weights metrics.json was computed with): the
+    schedule's endpoints, and the code-use test on the test split (vdm_vae), at the seed and
+    batch size of the reported bits/dim so that its posterior-code diffusion is the table's."""
+    torch_device = resolve_device(device)
+    model = load_model(latest_checkpoint(run_dir / "checkpoints"), device=torch_device)
+    endpoints = tuple(float(e.detach()) for e in model.schedule.endpoints())
+    code_use = (measure_code_use(model, ds.x_test, spec.evaluate.batch_size, spec.evaluate.seed,
+                                 torch_device) if model.has_encoder else None)
+    return endpoints, code_use
 
 
 def run_vdm_study(budget: str | StudyBudget, out_dir: str | Path, *, data_dir: str | None = None,
@@ -298,31 +326,82 @@ def vae_vdm_pairs(rows: list[StudyRow], free_bits: bool) -> list[tuple[StudyRow,
 COLLAPSE_NATS = 1.0
 
 
-def code_use(vae: StudyRow, base: StudyRow) -> str:
-    """Does the decoder use z? The KL bounds what the code carries; whether the decoder turns
-    it into a better likelihood shows in its diffusion term against vdm's of the same width."""
-    gain = base.bits["diffusion"] - vae.bits["diffusion"]
-    if vae.kl_nats_per_image < COLLAPSE_NATS:
-        return (f"the KL is {vae.kl_nats_per_image:.2f} nats per image, below {COLLAPSE_NATS:g}: "
-                "posterior collapse, the code carries almost nothing")
-    verdict = ("the code does lower the decoder's diffusion term, by "
-               f"{gain:.4f} bits/dim against `vdm`" if gain > 0 else
-               f"but the decoder's diffusion term is not lower than `vdm`'s ({-gain:+.4f} "
-               "bits/dim): the decoder does not turn the code into a better likelihood")
-    return f"the code carries {vae.kl_nats_per_image:.2f} nats per image (KL); {verdict}"
+def _gain(value: float, noise: float) -> str:
+    return f"{value:+.4f} ± {noise:.4f}"
+
+
+def code_use_table(rows: list[StudyRow]) -> list[str]:
+    """Per vdm_vae: the same model's diffusion term with its posterior codes, shuffled codes
+    and prior codes, and the paired differences (vdm/code_use.py)."""
+    tested = [r for r in rows if r.code_use is not None]
+    if not tested:
+        return []
+    lines = ["| base_channels | kind | diffusion, posterior codes | shuffled codes | prior codes | "
+             "shuffled - posterior (± 2 SE) | prior - posterior (± 2 SE) | decoder uses z? |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in tested:
+        c = r.code_use
+        lines.append(f"| {r.width} | {r.cell.label} | {_fmt(c.posterior)} | {_fmt(c.shuffled)} | "
+                     f"{_fmt(c.prior)} | {_gain(c.shuffled_gain, c.shuffled_noise)} | "
+                     f"{_gain(c.prior_gain, c.prior_noise)} | "
+                     f"{'yes' if c.uses_code else '**no**'} |")
+    return lines
+
+
+def code_use(vae: StudyRow, base: StudyRow | None) -> str:
+    """Does the decoder use z? The verdict comes from the within-model test (code_use_table):
+    the same model's diffusion term with other images' codes against its own. The KL says how
+    much the code carries; `vdm`'s diffusion term (a model trained apart) is given beside it."""
+    carried = f"the code carries {vae.kl_nats_per_image:.2f} nats per image (KL)" + (
+        f", below {COLLAPSE_NATS:g}: posterior collapse" if vae.kl_nats_per_image < COLLAPSE_NATS
+        else "")
+    test = vae.code_use
+    if test is None:
+        verdict = "the within-model test was not run"
+    elif test.uses_code:
+        verdict = ("the decoder uses it: with other test images' codes the same model's "
+                   f"diffusion term rises by {_gain(test.shuffled_gain, test.shuffled_noise)} "
+                   "bits/dim (two standard errors)")
+    else:
+        verdict = ("the decoder does not measurably use it: with other test images' codes the "
+                   f"same model's diffusion term changes by "
+                   f"{_gain(test.shuffled_gain, test.shuffled_noise)} bits/dim, within two "
+                   "standard errors")
+    gap = None if base is None else base.bits["diffusion"] - vae.bits["diffusion"]
+    against = "" if gap is None else (
+        ". For comparison only (a different model, trained apart, so not the test): `vdm` of "
+        f"the same width has a diffusion term {abs(gap):.4f} bits/dim "
+        f"{'higher' if gap > 0 else 'lower'} than this one's")
+    return f"{carried}; {verdict}{against}"
+
+
+def endpoint_lines(rows: list[StudyRow]) -> list[str]:
+    """The trained schedules' endpoints, and what the spec says about them."""
+    shown = [r for r in rows if r.endpoints is not None]
+    if not shown:
+        return []
+    start = VDMSpec()
+    return ["The noise schedule's endpoints gamma(0), gamma(1) are learned on the ELBO, as in "
+            f"the VDM paper (`vdm.schedule: learned`, starting at {start.gamma_min:g} and "
+            f"{start.gamma_max:g}); the shape "
+            "between them is trained for a low-variance loss. Trained values: " + "; ".join(
+                f"{r.cell.name} ({r.endpoints[0]:.2f}, {r.endpoints[1]:.2f})" for r in shown) + ".",
+            ""]
 
 
 def reading_notes(rows: list[StudyRow]) -> list[str]:
-    """What the table can and cannot say, from its own numbers."""
+    """What the tables can and cannot say, from their own numbers."""
     notes = ["- One seed per cell and one stochastic ELBO estimate per test image: there are no "
-             "error bars, so small differences between cells are not evidence of an effect."]
+             "error bars between cells, so small differences between cells are not evidence of "
+             "an effect. The within-model test is paired (the same t, eps and z draws under "
+             "every code), so its two standard errors are those of the difference itself."]
     for vae, base in vae_vdm_pairs(rows, free_bits=False):
         use = code_use(vae, base)
         notes.append(f"- Does the VAE use z at base_channels {vae.width}? {use[0].upper()}{use[1:]}.")
     notes.append(
         "- The linear probe reads the encoder mean, which can separate classes even when its "
-        "spread is tiny next to the prior's; the KL and the diffusion term, not the probe, "
-        "say how much the decoder gets from the code.")
+        "spread is tiny next to the prior's; the within-model test, not the probe, says "
+        "whether the decoder gets anything from the code.")
     for vae, base in vae_vdm_pairs(rows, free_bits=True):
         notes.append(
             f"- Free bits ({vae.cell.free_bits:g} nats per latent dimension, base_channels "
@@ -387,6 +466,20 @@ def render_report(result: StudyResult, ds: ImageDataset) -> str:
     ]
     if small_note:
         parts += [f"{FD_LENET} note: {small_note}.", ""]
+    code_table = code_use_table(rows)
+    if code_table:
+        parts += ["## Does the decoder use z? The test within each model", "",
+                  "Each trained `vdm_vae` scores the test split three times with every random "
+                  "draw shared (t, z ~ q(z|x), eps, eps_0; seed "
+                  f"{b.seed}), changing only the code its decoder is conditioned on: its own "
+                  "posterior sample z ~ q(z|x) (the ELBO's, so this column is the table's "
+                  "diffusion term), the posterior samples of other test images (a seeded "
+                  "derangement within each batch), or z ~ N(0, I). Only the diffusion term "
+                  "sees the code (the prior and reconstruction terms read x and gamma(1), "
+                  "gamma(0) alone), so it is the one compared; differences are per image, "
+                  "paired, in bits/dim, with two standard errors over the test images. The "
+                  "verdict reads the shuffled codes.", "", *code_table, ""]
+    parts += endpoint_lines(rows)
     parts += ["## How to read it", "", *reading_notes(rows), ""]
     parts += ["Time per run (train + evaluate + sample): " + ", ".join(
         f"{r.cell.name} {r.seconds:.0f} s" for r in rows) + ".", ""]

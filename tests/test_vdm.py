@@ -25,6 +25,7 @@ from drl_engine.pipeline import run_experiment
 from drl_engine.registry import build_model, training_loss
 from drl_engine.spec import SampleSpec, SpecError, parse_spec
 from drl_engine.trainer import train
+from drl_engine.vdm.code_use import measure_code_use
 from drl_engine.vdm.evaluate import evaluate_bits_per_dim
 from drl_engine.vdm.fourier import fourier_channels, with_fourier_features
 from drl_engine.vdm.losses import (TERMS, alpha_sigma, antithetic_t, bits_per_dim, diffuse,
@@ -371,6 +372,57 @@ def test_a_checkpoint_from_before_learned_endpoints_loads_as_fixed_ends_and_resu
     with pytest.raises(ValueError, match="vdm.schedule"):
         train(spec.model_copy(update={"train": spec.train.model_copy(update={"iterations": 4})}),
               ds, tmp_path / "ckpt", device=torch.device("cpu"))
+
+
+# --- does the decoder use z? (the within-model test) -------------------------------------------
+
+class CodeOracleVDM(VDMModel):
+    """A vdm_vae whose code is its image (64-d for 8x8, almost no posterior noise) and whose
+    eps-prediction is exact given the image's own code: it uses z and nothing else."""
+
+    def encoder_output(self, x, t=None):
+        return x.flatten(1), torch.full((len(x), x[0].numel()), -30.0)
+
+    def predict_eps(self, z_t, gamma_t, code):
+        alpha, sigma = alpha_sigma(gamma_t.reshape(-1, 1, 1, 1))
+        return (z_t - alpha * code.view_as(z_t)) / sigma
+
+
+def decoder_blind_to_z() -> VDMModel:
+    """A tiny vdm_vae with a working eps-network whose code input changes nothing."""
+    model = tiny_model("vdm_vae").eval()
+    randomise_(model.eps_net.conv_out, seed=2)    # the output layer starts at zero
+    with torch.no_grad():
+        model.eps_net.code_mlp[0].weight.zero_()  # code_mlp(z) is then the same for every z
+    return model
+
+
+def test_a_decoder_blind_to_z_scores_exactly_the_same_with_shuffled_and_prior_codes():
+    model, pixels = decoder_blind_to_z(), random_pixels(12)
+    test = measure_code_use(model, pixels, batch_size=5, seed=0, device="cpu")
+    assert test.shuffled == test.posterior and test.prior == test.posterior
+    assert (test.shuffled_gain, test.shuffled_noise, test.prior_gain) == (0.0, 0.0, 0.0)
+    assert not test.uses_code and test.images == 12
+    # The posterior column is the reported diffusion term: the same draws at the same seed.
+    bits = evaluate_bits_per_dim(model, pixels, 5, 0, "cpu")
+    assert test.posterior == pytest.approx(bits["diffusion"], rel=1e-9)
+
+
+def test_a_decoder_that_uses_z_loses_likelihood_with_other_images_codes():
+    # A narrow fixed schedule bounds alpha / sigma, so a wrong code costs about as much at
+    # every t (with the paper's range the cost at small t is heavy-tailed over images).
+    spec = parse_spec({"model": {"kind": "vdm_vae", **TINY_MODEL, "latent_dim": 64},
+                       "vdm": {"schedule": "fixed", "gamma_min": -2.0, "gamma_max": 2.0}})
+    torch.manual_seed(0)
+    oracle = CodeOracleVDM(spec, (1, 8, 8)).eval()
+    test = measure_code_use(oracle, random_pixels(32), batch_size=8, seed=0, device="cpu")
+    assert test.posterior < 1e-3 < test.shuffled and test.posterior < test.prior
+    assert test.shuffled_gain > test.shuffled_noise > 0 and test.prior_gain > test.prior_noise
+    assert test.uses_code and test.as_dict()["uses_code"] is True
+    with pytest.raises(ValueError, match="no code"):
+        measure_code_use(tiny_model("vdm"), random_pixels(4), 4, 0, "cpu")
+    with pytest.raises(ValueError, match="no code to replace"):
+        elbo_terms(tiny_model("vdm"), random_pixels(4), None, replace_code=lambda z: z)
 
 
 # --- sampling and generation -------------------------------------------------------------------

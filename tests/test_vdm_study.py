@@ -92,8 +92,7 @@ def test_tiny_study_writes_the_report_with_consistent_numbers(tmp_path):
     report = result.report.read_text()
     assert result.report == tmp_path / "docs" / "VDM_VAE.md"
     assert "tiny budget" in report and "drl vdm-study --budget tiny" in report
-    table = [line for line in report.splitlines() if line.startswith("| ") and "vdm" in line
-             and "base_channels" not in line]
+    table = table_rows(report, "## Results")
     assert len(table) == len(result.rows)
     for line, row in zip(table, result.rows):
         cells = [c.strip() for c in line.strip("|").split("|")]
@@ -104,6 +103,40 @@ def test_tiny_study_writes_the_report_with_consistent_numbers(tmp_path):
     assert "vdm_vae (free bits 0.5)" in report and "not* on the ELBO" in report
     # The runs' checkpoints stay out of the report folder.
     assert not list((tmp_path / "docs").rglob("*.pt"))
+
+    # Does the decoder use z: the within-model test, one line per vdm_vae, and the verdicts
+    # of the reading notes come from it.
+    vaes = [r for r in result.rows if r.kind == "vdm_vae"]
+    assert all(r.code_use is None for r in result.rows if r.kind == "vdm")
+    code_table = table_rows(report, "## Does the decoder use z?")
+    assert len(code_table) == len(vaes)
+    for line, row in zip(code_table, vaes):
+        test = row.code_use
+        # Its posterior-code column is the reported diffusion term: the same draws.
+        assert test.posterior == pytest.approx(row.bits["diffusion"], rel=1e-9, abs=1e-12)
+        assert test.images == budget.test_limit
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert float(cells[2]) == pytest.approx(test.posterior, abs=1e-4)
+        assert cells[-1] == ("yes" if test.uses_code else "**no**")
+    notes = report.split("## How to read it")[1]
+    for row in vaes:
+        if not row.cell.free_bits:
+            note = next(line for line in notes.splitlines()
+                        if f"use z at base_channels {row.width}?" in line)
+            assert ("the decoder uses it" in note) == row.code_use.uses_code
+            assert ("does not measurably use it" in note) == (not row.code_use.uses_code)
+    # The schedule's endpoints are learned, and the report gives every run's trained values.
+    for row in result.rows:
+        assert row.endpoints[0] < row.endpoints[1]
+        assert f"{row.cell.name} ({row.endpoints[0]:.2f}, {row.endpoints[1]:.2f})" in report
+    assert "endpoints gamma(0), gamma(1) are learned" in report
+
+
+def table_rows(report: str, section: str) -> list[str]:
+    """The body rows of the first Markdown table under the heading `section`."""
+    body = report.split(section, 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in body.splitlines() if line.startswith("|")]
+    return rows[2:]   # after the header and the |---| line
 
 
 def test_cli_vdm_study_records_its_command_and_keeps_runs_apart(tmp_path, monkeypatch):
