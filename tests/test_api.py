@@ -383,8 +383,15 @@ def test_metrics_are_downsampled_with_lttb(client: TestClient, session: Session)
 
     everything = client.get(f"/experiments/{experiment_id}/metrics", params={"max_points": 5000}).json()
     assert len(everything["points"]) == 999
-    empty = client.get(f"/experiments/{experiment_id}/metrics", params={"key": "fid"}).json()
-    assert empty["points"] == [] and empty["keys"] == ["loss", "lr"]
+    # A key with no points: not ready while the train job (queued here) may still record it,
+    # not found once it has stopped; both list the recorded keys.
+    body = assert_problem(client.get(f"/experiments/{experiment_id}/metrics", params={"key": "fid"}), 409)
+    assert body["type"] == "urn:drl:problem:not-ready" and body["keys"] == ["loss", "lr"]
+    assert "train job" in body["detail"] and "loss, lr" in body["detail"]
+    run_job(session, train)
+    body = assert_problem(client.get(f"/experiments/{experiment_id}/metrics", params={"key": "fid"}), 404)
+    assert body["type"] == "urn:drl:problem:not-found" and body["keys"] == ["loss", "lr"]
+    assert "'fid'" in body["detail"] and "recorded keys: loss, lr" in body["detail"]
     for bad in (1, 10**6, "x"):
         assert_problem(client.get(f"/experiments/{experiment_id}/metrics", params={"max_points": bad}),
                        422, "max_points")
@@ -430,19 +437,32 @@ def test_embeddings_pages_equal_the_stored_array(
     # a t rounded to 3 decimals names the same embedding
     assert client.get("/embeddings", params=params | {"t": 0.5000001}).json()["t"] == 0.5
 
+    # The split's labels, row by row with its codes at every t (what drl embeddings saves).
+    response = client.get("/embeddings/labels", params={"experiment": experiment_id})
+    assert response.status_code == 200 and response.headers["content-type"] == "application/octet-stream"
+    np.testing.assert_array_equal(np.load(io.BytesIO(response.content)), labels)
+
 
 def test_embeddings_errors(client: TestClient, session: Session, store: LocalArtifactStore) -> None:
     experiment_id = submit(client)["id"]
     params = {"experiment": experiment_id, "t": 0.5}
-    body = assert_problem(client.get("/embeddings", params=params), 404)
+    body = assert_problem(client.get("/embeddings", params=params), 409)   # not ready
+    assert body["type"] == "urn:drl:problem:not-ready"
     assert "encode job" in body["detail"] and "queued" in body["detail"]
+    labels = {"experiment": experiment_id, "split": "test"}
+    body = assert_problem(client.get("/embeddings/labels", params=labels), 409)
+    assert body["type"] == "urn:drl:problem:not-ready" and "encode job" in body["detail"]
     for t in (0.0, 1.0):
         put_artifact(session, store, experiment_id, "embedding", embedding_key(experiment_id, "test", t),
                      npy_bytes(np.zeros((4, 2), np.float32)), split="test", t=t)
     body = assert_problem(client.get("/embeddings", params=params | {"t": 0.25}), 404)
     assert body["computed_t"] == [0.0, 1.0] and "0, 1" in body["detail"]
+    # Encoded, and no labels stored: an unlabelled dataset.
+    body = assert_problem(client.get("/embeddings/labels", params=labels), 404)
+    assert body["type"] == "urn:drl:problem:not-found" and "no labels" in body["detail"]
     assert_problem(client.get("/embeddings", params=params | {"split": "val"}), 422, "split")
-    assert_problem(client.get("/embeddings", params=params | {"split": "train", "t": 0.0}), 404)
+    # The test split is encoded, the train split not yet: not ready.
+    assert_problem(client.get("/embeddings", params=params | {"split": "train", "t": 0.0}), 409)
     for t in (1.5, -0.1, "half", "nan"):
         assert_problem(client.get("/embeddings", params=params | {"t": t}), 422, "t")
     assert_problem(client.get("/embeddings", params={"t": 0.5}), 422, "experiment")
@@ -455,7 +475,8 @@ def test_embeddings_errors(client: TestClient, session: Session, store: LocalArt
 
 def test_probes(client: TestClient, session: Session, store: LocalArtifactStore) -> None:
     experiment_id = submit(client)["id"]
-    body = assert_problem(client.get(f"/experiments/{experiment_id}/probes"), 404)
+    body = assert_problem(client.get(f"/experiments/{experiment_id}/probes"), 409)
+    assert body["type"] == "urn:drl:problem:not-ready"
     assert "probe job" in body["detail"] and "queued" in body["detail"]
     # As the probe job stores it: the test split favours t = 0.5, validation t = 1.0.
     table = ProbeTable(columns=["svc_20", "linear"], rows=[
@@ -492,8 +513,8 @@ def test_control_embeddings_only_when_asked(client: TestClient, session: Session
                  embedding_key(experiment_id, "test", 0.5, "random_init"), npy_bytes(control),
                  split="test", t=0.5)
     params = {"experiment": experiment_id, "t": 0.5}
-    # Not among the trained encoder's embeddings...
-    body = assert_problem(client.get("/embeddings", params=params), 404)
+    # Not among the trained encoder's embeddings (none is stored yet)...
+    body = assert_problem(client.get("/embeddings", params=params), 409)
     assert body["computed_t"] == [] and "encode job" in body["detail"]
     assert client.get(f"/experiments/{experiment_id}").json()["summary"]["embeddings"] == \
         {"train": [], "test": []}
@@ -756,7 +777,7 @@ def test_a_nul_byte_in_a_path_or_the_name_is_a_422_naming_it(
 def test_code_usage(client: TestClient, session: Session) -> None:
     experiment_id = submit(client)["id"]
     url = f"/experiments/{experiment_id}/code-usage"
-    body = assert_problem(client.get(url), 404)
+    body = assert_problem(client.get(url), 409)
     assert body["type"] == "urn:drl:problem:not-ready"
     assert "train job" in body["detail"] and "queued" in body["detail"]
 

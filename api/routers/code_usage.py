@@ -19,9 +19,9 @@ router = APIRouter(tags=["results"])
 
 @router.get("/experiments/{experiment_id}/code-usage", response_model=CodeUsageOut,
             summary="How much the code helps denoise at every t, at every checkpoint",
-            responses=problem_responses(401, 404, 422))
+            responses=problem_responses(401, 404, 409, 422))
 def read_code_usage(experiment_id: ExperimentId, session: SessionDep) -> CodeUsageOut:
-    """The train job's measurements (drl_engine/code_usage.py), in step order. 404 (type
+    """The train job's measurements (drl_engine/code_usage.py), in step order. 409 (type
     not-ready) until its first checkpoint was measured, saying what the train job is doing
     (type not-found when the spec turned the diagnostic off); 422 (type
     no-code-conditioned-score) for a kind other than drl and vdrl."""
@@ -37,7 +37,7 @@ def read_code_usage(experiment_id: ExperimentId, session: SessionDep) -> CodeUsa
             raise Problem(404, f"experiment {experiment_id} does not measure code usage "
                                "(evaluate.code_usage_images is 0)",
                           type=NOT_FOUND, experiment=experiment_id)
-        raise Problem(404, f"the code usage of experiment {experiment_id} is not measured yet: "
+        raise Problem(409, f"the code usage of experiment {experiment_id} is not measured yet: "
                            f"{describe_job(latest_job(experiment, JobKind.TRAIN), 'train')}",
-                      type=NOT_READY, title="Not computed yet", experiment=experiment_id)
+                      type=NOT_READY, title="Not ready", experiment=experiment_id)
     return CodeUsageOut.from_series(experiment_id, series)

@@ -77,7 +77,7 @@ def _load(state: AppState, store: ArtifactStore, row: Artifact) -> np.ndarray:
     response_model=EmbeddingPage,
     responses={200: {"content": {NPY_MEDIA_TYPE: {}}, "description": "JSON page, or with "
                "format=npy the page's (rows, dim) float32 array as a .npy file (X-Total-Count, "
-               "X-Offset and X-Limit headers)"}} | problem_responses(401, 404, 422),
+               "X-Offset and X-Limit headers)"}} | problem_responses(401, 404, 409, 422),
 )
 def read_embeddings(
     session: SessionDep,
@@ -100,18 +100,15 @@ def read_embeddings(
     if row is None:
         computed = service.computed_embeddings(session, experiment, encoder).get(split, [])
         what = f"{split} embeddings" + ("" if encoder == TRAINED else f" of the {encoder} control")
-        if computed:
-            detail = (f"experiment {experiment} has no {what} at t={t:.3f}; computed t: "
-                      f"{', '.join(f'{c:g}' for c in computed)} (POST /experiments/{experiment}/"
-                      "encodings to compute more)")
-            problem_type = NOT_FOUND
-        else:
-            detail = (f"experiment {experiment} has no {what} yet: "
-                      f"{describe_job(latest_job(exp, JobKind.ENCODE), 'encode')}")
-            problem_type = NOT_READY
-        raise Problem(404, detail, type=problem_type, title="Not found",
-                      experiment=experiment, t=t, split=split, encoder=encoder,
-                      computed_t=computed)
+        where = dict(experiment=experiment, t=t, split=split, encoder=encoder, computed_t=computed)
+        if computed:   # encoded, but not at this t
+            raise Problem(404, f"experiment {experiment} has no {what} at t={t:.3f}; computed t: "
+                               f"{', '.join(f'{c:g}' for c in computed)} (POST /experiments/"
+                               f"{experiment}/encodings to compute more)",
+                          type=NOT_FOUND, title="Not found", **where)
+        raise Problem(409, f"experiment {experiment} has no {what} yet: "
+                           f"{describe_job(latest_job(exp, JobKind.ENCODE), 'encode')}",
+                      type=NOT_READY, title="Not ready", **where)
 
     vectors = _load(state, store, row)
     labels_row = _row(session, labels_key(experiment, split))
@@ -130,6 +127,40 @@ def read_embeddings(
               "limit": limit, "dim": int(vectors.shape[1]) if vectors.ndim == 2 else 0}
     body = render_page_json(header, offset, page, None if labels is None else labels[offset:offset + limit])
     return Response(body, media_type="application/json", headers=counts)
+
+
+@router.get(
+    "/embeddings/labels", summary="A split's class labels, row by row with its embeddings (.npy)",
+    response_class=Response,
+    responses={200: {"content": {NPY_MEDIA_TYPE: {}}, "description": "the split's labels as a "
+               ".npy int64 array, in the row order of every t's embeddings"}}
+    | problem_responses(401, 404, 409, 422),
+)
+def read_embedding_labels(
+    session: SessionDep,
+    store: StoreDep,
+    experiment: Annotated[int, Query(ge=1, le=MAX_ID, description="experiment id")],
+    split: Split = "test",
+) -> Response:
+    """What `drl embeddings` saves beside the codes. 409 (type not-ready) until the encode
+    job has stored the split; 404 for a dataset without labels."""
+    exp = get_experiment(session, experiment)
+    require_encoder(exp)
+    key = labels_key(experiment, split)
+    if _row(session, key) is None:
+        if service.computed_embeddings(session, experiment).get(split):
+            raise Problem(404, f"experiment {experiment}'s dataset has no labels", type=NOT_FOUND,
+                          title="Not found", experiment=experiment, split=split)
+        raise Problem(409, f"experiment {experiment} has no {split} embeddings yet: "
+                           f"{describe_job(latest_job(exp, JobKind.ENCODE), 'encode')}",
+                      type=NOT_READY, title="Not ready", experiment=experiment, split=split)
+    try:
+        data = store.get_bytes(key)
+    except ArtifactNotFound:
+        raise Problem(404, f"artifact {key} is recorded but missing from the artifact store",
+                      type=NOT_FOUND, title="Not found") from None
+    return Response(data, media_type=NPY_MEDIA_TYPE, headers={
+        "Content-Disposition": f'attachment; filename="experiment{experiment}_{split}_labels.npy"'})
 
 
 @router.post("/experiments/{experiment_id}/encodings", status_code=status.HTTP_202_ACCEPTED,

@@ -23,9 +23,9 @@ router = APIRouter(tags=["results"])
 @router.get("/experiments/{experiment_id}/probes", response_model=ProbesOut,
             summary="Probe accuracy at every t, and the best t per probe, beside an "
                     "untrained control",
-            responses=problem_responses(401, 404, 422))
+            responses=problem_responses(401, 404, 409, 422))
 def read_probes(experiment_id: ExperimentId, session: SessionDep, store: StoreDep) -> ProbesOut:
-    """404 (type not-ready) while the probes are not computed, saying what the probe job is
+    """409 (type not-ready) while the probes are not computed, saying what the probe job is
     doing; 422 (type no-encoder) for a model kind without a code (vdm)."""
     experiment = get_experiment(session, experiment_id)
     require_encoder(experiment)
@@ -38,9 +38,9 @@ def read_probes(experiment_id: ExperimentId, session: SessionDep, store: StoreDe
         # probes computed before the control existed have no control_rows)
         table = json.loads(store.get_bytes(key))
     except ArtifactNotFound:
-        raise Problem(404, f"the probes of experiment {experiment_id} are not computed yet: "
+        raise Problem(409, f"the probes of experiment {experiment_id} are not computed yet: "
                            f"{describe_job(latest_job(experiment, JobKind.PROBE), 'probe')}",
-                      type=NOT_READY, title="Not computed yet", experiment=experiment_id) from None
+                      type=NOT_READY, title="Not ready", experiment=experiment_id) from None
     return ProbesOut(experiment=experiment_id, columns=table["columns"], rows=table["rows"],
                      best=table["best"], control_rows=table.get("control_rows", []),
                      control_best=table.get("control_best", {}),
