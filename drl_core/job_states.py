@@ -10,6 +10,9 @@ process read it, no row matches and `StaleTransition` is raised, so of two racin
 exactly one wins. The attempt number is part of the condition so that a worker presumed dead
 (running -> lost -> queued, attempt + 1) and then picked up again by another worker cannot
 finish the new attempt in its place: `running` at attempt 2 is not the `running` it read.
+The attempt is the job's fencing token: the worker's other writes are conditioned on it too
+(drl_core/fencing.py). The reaper's compare-and-set also names the heartbeat it judged stale
+(`reap`), so a heartbeat that lands after that judgement keeps the job alive.
 
 Decisions the table encodes (the ones that are not obvious):
 
@@ -110,15 +113,18 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def transition(session: Session, job: Any, new_status: str, **fields: Any) -> None:
+def transition(session: Session, job: Any, new_status: str, *,
+               only_if: sa.ColumnElement[bool] | None = None, **fields: Any) -> None:
     """Move `job` (a `drl_core.models.Job`) to `new_status` as one compare-and-set.
 
     Also writes `fields` (e.g. error=..., worker=...), `updated_at`, and the timestamps the
     status implies: `started_at` and a first `heartbeat_at` on running, `finished_at` on a
     terminal status; lost -> queued bumps `attempt` and clears `worker` and `heartbeat_at`.
-    Raises IllegalTransition if the table forbids the move (or lost -> queued with no attempts
-    left) and StaleTransition if the row changed since `job` was read. Does not commit; on
-    success `job` is refreshed from the row.
+    `only_if` adds a condition on the row to the compare-and-set (the reaper's: the heartbeat
+    it judged stale is still the last one). Raises IllegalTransition if the table forbids the
+    move (or lost -> queued with no attempts left) and StaleTransition if the row changed
+    since `job` was read (or `only_if` does not hold). Does not commit; on success `job` is
+    refreshed from the row.
     """
     old, new = JobStatus(job.status), JobStatus(new_status)
     if new not in TRANSITIONS[old]:
@@ -138,7 +144,7 @@ def transition(session: Session, job: Any, new_status: str, **fields: Any) -> No
     if old is S.LOST and new is S.QUEUED:
         values |= {"attempt": job_cls.attempt + 1, "worker": None, "heartbeat_at": None}
     values |= fields
-    _compare_and_set(session, job, {old}, values)
+    _compare_and_set(session, job, {old}, values, only_if)
 
 
 def heartbeat(session: Session, job: Any, **progress: Any) -> JobStatus:
@@ -154,17 +160,29 @@ def heartbeat(session: Session, job: Any, **progress: Any) -> JobStatus:
     return JobStatus(job.status)
 
 
+def last_sign_of_life(job_cls: Any) -> sa.ColumnElement[Any]:
+    """When a held job last showed it was alive: its heartbeat, or lacking one its last
+    update. What the reaper judges staleness by."""
+    return sa.func.coalesce(job_cls.heartbeat_at, job_cls.updated_at)
+
+
 def reap(session: Session, job: Any, error: str | None = None) -> JobStatus:
     """What the reaper does with a held job whose heartbeat stopped; returns the new status.
 
     running -> lost -> queued (attempt + 1) while attempts remain, else -> failed;
     cancelling -> cancelled (its worker died while stopping: the user wanted it stopped).
+
+    `job` must be as it was read when judged stale: the first compare-and-set requires its
+    last sign of life (heartbeat) to be unchanged since. A live job whose heartbeat was only
+    delayed (a row lock, a slow database) and lands meanwhile is not reaped (StaleTransition).
     """
+    judged = job.heartbeat_at if job.heartbeat_at is not None else job.updated_at
+    still_silent = last_sign_of_life(type(job)) == judged
     status = JobStatus(job.status)
     if status is S.CANCELLING:
-        transition(session, job, S.CANCELLED)
+        transition(session, job, S.CANCELLED, only_if=still_silent)
         return S.CANCELLED
-    transition(session, job, S.LOST)
+    transition(session, job, S.LOST, only_if=still_silent)
     if job.attempt < job.max_attempts:
         transition(session, job, S.QUEUED)
         return S.QUEUED
@@ -186,10 +204,11 @@ def _check_fields(job: Any, fields: Mapping[str, Any], caller: str) -> None:
 
 
 def _compare_and_set(
-    session: Session, job: Any, expected: Collection[JobStatus], values: dict[str, Any]
+    session: Session, job: Any, expected: Collection[JobStatus], values: dict[str, Any],
+    only_if: sa.ColumnElement[bool] | None = None,
 ) -> None:
     """UPDATE the job's row with `values` only if it is still in one of the `expected`
-    statuses at the attempt `job` was read at; refresh `job` from the row."""
+    statuses at the attempt `job` was read at (and `only_if` holds); refresh `job`."""
     job_cls = type(job)
     statement = (
         sa.update(job_cls)
@@ -201,16 +220,19 @@ def _compare_and_set(
         .values(values)
         .execution_options(synchronize_session=False)
     )
+    if only_if is not None:
+        statement = statement.where(only_if)
     if session.execute(statement).rowcount != 1:
         expected_text = " or ".join(sorted(s.value for s in expected))
-        raise StaleTransition(job.id, expected_text, job.attempt, _current(session, job))
+        raise StaleTransition(job.id, expected_text, job.attempt,
+                              current_state(session, job_cls, job.id))
     session.refresh(job)
 
 
-def _current(session: Session, job: Any) -> tuple[str, int] | None:
-    job_cls = type(job)
+def current_state(session: Session, job_cls: Any, job_id: int) -> tuple[str, int] | None:
+    """(status, attempt) of the job's row now; None if it no longer exists."""
     row = session.execute(
-        sa.select(job_cls.status, job_cls.attempt).where(job_cls.id == job.id)
+        sa.select(job_cls.status, job_cls.attempt).where(job_cls.id == job_id)
     ).one_or_none()
     return None if row is None else (row.status, row.attempt)
 

@@ -209,15 +209,21 @@ class Job(Base):
 
 
 class MetricPoint(Base):
-    """One value of a series (e.g. key 'loss') at a training step."""
+    """One value of a series (e.g. key 'loss') at a training step. (job, key, step) is
+    unique: a step recorded again (a resumed attempt, a second copy of a job) replaces its
+    point instead of adding one (worker.context.upsert_metric_points)."""
 
     __tablename__ = "metric_points"
-    __table_args__ = (sa.Index(None, "experiment_id", "key", "step"),)
+    __table_args__ = (
+        sa.Index(None, "experiment_id", "key", "step"),
+        # Also the index on job_id (its first column), e.g. for ON DELETE CASCADE from jobs.
+        sa.Index("uq_metric_points_job_id_key_step", "job_id", "key", "step", unique=True),
+    )
 
     # BIGINT on PostgreSQL (series grow long); SQLite only auto-increments INTEGER keys.
     id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True)
     experiment_id: Mapped[int] = mapped_column(sa.ForeignKey("experiments.id", ondelete="CASCADE"))
-    job_id: Mapped[int] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[int] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"))
     key: Mapped[str] = mapped_column(sa.String(64))
     step: Mapped[int]
     value: Mapped[float]

@@ -78,7 +78,7 @@ def test_migrations_upgrade_to_head_and_downgrade_to_base(empty_database_url: st
 
     upgrade_database(empty_database_url)
     assert table_names(empty_database_url) == TABLES | {"alembic_version"}
-    assert current_revision(empty_database_url) == head_revision() == "0001"
+    assert current_revision(empty_database_url) == head_revision() == "0002"
 
     downgrade_database(empty_database_url, "base")
     assert table_names(empty_database_url) == {"alembic_version"}
@@ -114,9 +114,9 @@ def test_a_failing_sqlite_migration_rolls_back_entirely(tmp_path: Path) -> None:
     migration that fails takes the first one (already executed) down with it."""
     scripts = tmp_path / "migrations"
     shutil.copytree(REPO_ROOT / "migrations", scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0002_broken.py").write_text(
+    (scripts / "versions" / "broken.py").write_text(
         'import sqlalchemy as sa\nfrom alembic import op\n'
-        'revision, down_revision, branch_labels, depends_on = "0002", "0001", None, None\n'
+        f'revision, down_revision, branch_labels, depends_on = "broken", "{head_revision()}", None, None\n'
         'def upgrade():\n'
         '    op.create_table("scratch", sa.Column("id", sa.Integer(), primary_key=True))\n'
         '    op.execute("INSERT INTO no_such_table VALUES (1)")\n'
@@ -140,7 +140,7 @@ def test_alembic_command_line_uses_the_settings_database(tmp_path: Path) -> None
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert current_revision(f"sqlite:///{tmp_path / 'home' / 'drl.db'}") == "0001"
+    assert current_revision(f"sqlite:///{tmp_path / 'home' / 'drl.db'}") == head_revision()
 
 
 # --- cascades and uniqueness, on both backends -------------------------------------------------
@@ -194,6 +194,51 @@ def test_an_artifact_key_is_recorded_once(db_session: Session) -> None:
     db_session.add(Artifact(experiment=experiment, kind="embedding", key=key, size=8, sha256="b" * 64))
     with pytest.raises(IntegrityError, match="uq_artifacts_key|UNIQUE constraint failed: artifacts.key"):
         db_session.commit()
+
+
+def test_a_metric_point_is_recorded_once_per_job_key_and_step(db_session: Session) -> None:
+    experiment = make_experiment(db_session)
+    train = Job(experiment=experiment, kind="train")
+    db_session.add(train)
+    db_session.flush()
+
+    def point(key: str, step: int) -> MetricPoint:
+        return MetricPoint(experiment_id=experiment.id, job_id=train.id, key=key, step=step, value=1.0)
+
+    db_session.add_all([point("loss", 1), point("loss", 2), point("grad_norm", 1)])
+    db_session.commit()
+    db_session.add(point("loss", 1))
+    with pytest.raises(IntegrityError, match="uq_metric_points_job_id_key_step|UNIQUE constraint failed"):
+        db_session.commit()
+    db_session.rollback()
+
+
+def test_the_unique_metric_points_migration_keeps_the_newest_duplicate(empty_database_url: str) -> None:
+    """0002 adds the unique (job, key, step) index to a database that already holds the
+    duplicates two copies of a job left: the newest point of each survives."""
+    upgrade_database(empty_database_url, "0001")
+    engine = make_engine(empty_database_url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.begin() as connection:
+            now = datetime.now(timezone.utc)
+            experiment = connection.execute(sa.insert(Experiment).values(
+                name="e", spec={}, created_at=now, updated_at=now).returning(Experiment.id)).scalar()
+            job = connection.execute(sa.insert(Job).values(
+                experiment_id=experiment, kind="train", status="running", attempt=1, max_attempts=3,
+                params={}, queue="gpu", log_tail=[], created_at=now, updated_at=now)
+                .returning(Job.id)).scalar()
+            for key, step, value in (("loss", 1, 0.9), ("loss", 1, 0.8), ("loss", 2, 0.7),
+                                     ("loss", 2, 0.6), ("loss", 2, 0.5), ("lr", 1, 0.1)):
+                connection.execute(sa.insert(MetricPoint).values(
+                    experiment_id=experiment, job_id=job, key=key, step=step, value=value,
+                    created_at=now))
+        upgrade_database(empty_database_url)
+        with engine.connect() as connection:
+            points = connection.execute(sa.select(MetricPoint.key, MetricPoint.step, MetricPoint.value)
+                                        .order_by(MetricPoint.key, MetricPoint.step)).all()
+        assert [tuple(p) for p in points] == [("loss", 1, 0.8), ("loss", 2, 0.5), ("lr", 1, 0.1)]
+    finally:
+        engine.dispose()
 
 
 def test_idempotency_key_is_unique_per_owner(db_session: Session) -> None:

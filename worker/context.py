@@ -11,13 +11,19 @@ A thread rather than beats from the training loop alone, because a job has long 
 without a callback (importing torch, loading a dataset, one probe fit, a checkpoint upload)
 and a live job must never look dead. The cost: a process wedged inside a CUDA call keeps
 beating; the reaper handles dead processes, not hung ones.
+
+The heartbeat's flags are only how a runner learns early that it should stop. What keeps a
+lost attempt from writing is the database: the context's session is fenced on the job's
+attempt (drl_core/fencing.py), so its artifact rows, artifact deletions and metric points
+commit only while the job is still held at that attempt, and raise JobLost otherwise, even
+when the heartbeat thread has died and never noticed.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +36,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from drl_core.artifact_keys import ArtifactKind, t_key
 from drl_core.artifacts import ArtifactStore, StoredArtifact, build_store
 from drl_core.db import make_engine, session_factory
+from drl_core.fencing import is_held
 from drl_core.job_states import JobStatus, StaleTransition, heartbeat, utc_now
-from drl_core.models import Artifact, Job
+from drl_core.models import Artifact, Job, MetricPoint
 from drl_core.settings import Settings
 from drl_engine.spec import ExperimentSpec
 
@@ -73,11 +80,15 @@ class WorkerResources:
 
 
 class Heartbeat:
-    """Keeps job `job_id` at `attempt` alive from a daemon thread; see the module docstring."""
+    """Keeps job `job_id` at `attempt` alive from a daemon thread; see the module docstring.
+
+    `stop_timeout_s`: how long `stop` waits for the thread; a beat stuck in the database
+    (a lock, a server that stopped answering) must not hang the job that is finishing."""
 
     def __init__(self, sessions: sessionmaker[Session], job_id: int, attempt: int,
-                 interval_s: float) -> None:
+                 interval_s: float, stop_timeout_s: float = 10.0) -> None:
         self.sessions, self.job_id, self.attempt, self.interval_s = sessions, job_id, attempt, interval_s
+        self.stop_timeout_s = stop_timeout_s
         self.cancel_requested = threading.Event()
         self.lost = threading.Event()
         self._progress: dict[str, Any] = {}
@@ -139,19 +150,30 @@ class Heartbeat:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
-        """Stop the thread, then flush the last progress and log lines with a final beat."""
+    def stop(self) -> bool:
+        """Stop the thread, then flush the last progress and log lines with a final beat;
+        whether it stopped. A thread still busy after `stop_timeout_s` is left behind (a
+        daemon; its late beat is a compare-and-set that fails once the job has finished) and
+        no final beat is tried: it would wait on the same database."""
         self._stopping.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(self.stop_timeout_s)
+            if self._thread.is_alive():
+                logger.warning("job %s: heartbeat thread still busy after %.0f s; not waiting "
+                               "for it", self.job_id, self.stop_timeout_s)
+                return False
             self._thread = None
         self.beat()
+        return True
 
 
 @dataclass
 class JobContext:
     """Everything a runner needs: the job's identity and parameters, the spec, a session for
-    its own writes (artifact rows, metric points), the store, the heartbeat, a scratch dir."""
+    its own writes (artifact rows, metric points), the store, the heartbeat, a scratch dir.
+
+    `session` is fenced on (job_id, attempt) (drl_core/fencing.py): commit it with `commit`,
+    which answers a refused commit with JobLost."""
 
     job_id: int
     experiment_id: int
@@ -188,9 +210,32 @@ class JobContext:
         return self.heartbeat.cancel_requested.is_set() or self.heartbeat.lost.is_set()
 
     def ensure_held(self) -> None:
-        """Raise JobLost if the job is no longer ours: call before every write."""
+        """Raise JobLost if the heartbeat already knows the job is no longer ours: a cheap
+        check before work; the fenced commit is what refuses a lost attempt's writes."""
         if self.heartbeat.lost.is_set():
-            raise JobLost(f"job {self.job_id} attempt {self.attempt} is no longer held by this worker")
+            raise self._lost()
+
+    def _lost(self) -> JobLost:
+        self.heartbeat.lost.set()   # the runner's should_stop() sees it too
+        return JobLost(f"job {self.job_id} attempt {self.attempt} is no longer held by this worker")
+
+    def commit(self) -> None:
+        """Commit this job's writes if the job is still held at its attempt; otherwise roll
+        them back and raise JobLost."""
+        try:
+            self.session.commit()
+        except StaleTransition:
+            self.session.rollback()
+            raise self._lost() from None
+
+    def ensure_held_now(self) -> None:
+        """`ensure_held`, plus a read of the job row: before slow work that the database
+        cannot fence (an upload), so an attempt known to be lost does not start it."""
+        self.ensure_held()
+        with self.resources.sessions() as session:   # not `session`: leave its work alone
+            held = is_held(session, self.job_id, self.attempt)
+        if not held:
+            raise self._lost()
 
     def check(self) -> None:
         """Raise JobLost or JobCancelled if the runner must stop."""
@@ -213,42 +258,70 @@ class JobContext:
 
     def store_bytes(self, key: str, data: bytes, kind: ArtifactKind,
                     meta: dict[str, Any] | None = None) -> StoredArtifact:
-        self.ensure_held()
+        self.ensure_held_now()
         return self._record(self.store.put_bytes(key, data), kind, meta)
 
     def store_file(self, key: str, path: Path, kind: ArtifactKind,
                    meta: dict[str, Any] | None = None) -> StoredArtifact:
-        self.ensure_held()
+        self.ensure_held_now()
         return self._record(self.store.put_file(key, path), kind, meta)
 
     def _record(self, stored: StoredArtifact, kind: ArtifactKind,
                 meta: dict[str, Any] | None) -> StoredArtifact:
         upsert_artifact(self.session, self.experiment_id, self.job_id, kind, stored, meta or {})
-        self.session.commit()
+        self.commit()
         return stored
 
     def delete_artifact(self, row: Artifact) -> None:
-        """Row first, then the file: a crash in between leaves an unlisted file, never a row
-        that points at nothing."""
+        """Row first (fenced), then the file: a crash in between leaves an unlisted file,
+        never a row that points at nothing, and a lost attempt deletes neither."""
+        self.ensure_held()
         key = row.key
         self.session.delete(row)
-        self.session.commit()
+        self.commit()
         self.store.delete(key)
+
+    # -- metrics -------------------------------------------------------------------------
+
+    def record_metrics(self, step: int, values: Mapping[str, float]) -> None:
+        """One point per key at `step`, replacing what this job recorded there before (a
+        re-run step); fenced like every write of the job."""
+        self.ensure_held()
+        upsert_metric_points(self.session, self.experiment_id, self.job_id, step, values)
+        self.commit()
+
+
+def _upsert_insert(session: Session) -> Callable[..., Any]:
+    """The dialect's INSERT with ON CONFLICT (PostgreSQL's and SQLite's are alike)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert
+    if dialect == "sqlite":
+        return sqlite.insert
+    raise RuntimeError(f"upsert: unsupported database dialect {dialect!r}")
 
 
 def upsert_artifact(session: Session, experiment_id: int, job_id: int | None,
                     kind: ArtifactKind | str, stored: StoredArtifact, meta: dict[str, Any]) -> None:
     """Insert the row for `stored.key`, or update it if the key is already recorded: one
     atomic statement, so two runs of a job can never record one key twice."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        insert = postgresql.insert
-    elif dialect == "sqlite":
-        insert = sqlite.insert
-    else:
-        raise RuntimeError(f"upsert_artifact: unsupported database dialect {dialect!r}")
     values = {"experiment_id": experiment_id, "job_id": job_id, "kind": ArtifactKind(kind).value,
               "key": stored.key, "size": stored.size, "sha256": stored.sha256, "meta": meta}
-    statement = insert(Artifact).values(created_at=utc_now(), **values)
+    statement = _upsert_insert(session)(Artifact).values(created_at=utc_now(), **values)
     session.execute(statement.on_conflict_do_update(index_elements=[Artifact.key],
                                                     set_=values))
+
+
+def upsert_metric_points(session: Session, experiment_id: int, job_id: int, step: int,
+                         values: Mapping[str, float]) -> None:
+    """One point per key at `step` for `job_id`, a value already recorded there replaced:
+    (job, key, step) is unique, so a step recorded twice is one point."""
+    if not values:
+        return
+    now = utc_now()
+    statement = _upsert_insert(session)(MetricPoint).values([
+        {"experiment_id": experiment_id, "job_id": job_id, "key": key, "step": step,
+         "value": float(value), "created_at": now} for key, value in values.items()])
+    session.execute(statement.on_conflict_do_update(
+        index_elements=[MetricPoint.job_id, MetricPoint.key, MetricPoint.step],
+        set_={"value": statement.excluded.value, "created_at": statement.excluded.created_at}))

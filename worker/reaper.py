@@ -6,7 +6,9 @@ A held job (running or cancelling) whose `heartbeat_at` is older than
 `heartbeat_timeout_s` goes through `job_states.reap`: running -> lost -> queued with attempt
 + 1 (and is enqueued again; the train runner resumes from its last stored checkpoint), or
 -> failed once `max_attempts` are used up; cancelling -> cancelled. A job that ends failed or
-cancelled settles its queued downstream jobs.
+cancelled settles its queued downstream jobs. The reap is a compare-and-set on the heartbeat
+time judged stale: a heartbeat that was held up (a row lock, a slow database) and lands
+between the judgement and the reap keeps its job.
 
 Every worker process runs one (`start_reaper`); several reapers racing on one job are
 harmless, each step is a compare-and-set and the losers skip the job.
@@ -28,6 +30,7 @@ from drl_core.job_states import (
     IllegalTransition,
     JobStatus,
     StaleTransition,
+    last_sign_of_life,
     reap,
     utc_now,
 )
@@ -38,11 +41,12 @@ logger = logging.getLogger("drl.reaper")
 
 
 def stale_jobs(session: Session, cutoff: datetime) -> list[Job]:
-    """Held jobs whose last heartbeat (or, lacking one, last update) is before `cutoff`."""
-    last_sign_of_life = sa.func.coalesce(Job.heartbeat_at, Job.updated_at)
+    """Held jobs whose last heartbeat (or, lacking one, last update) is before `cutoff`, as
+    they are now (what `reap` compares against), not as the session may have cached them."""
     return list(session.scalars(
         sa.select(Job).where(Job.status.in_(sorted(s.value for s in HELD_BY_WORKER)),
-                             last_sign_of_life < cutoff).order_by(Job.id)))
+                             last_sign_of_life(Job) < cutoff)
+        .order_by(Job.id).execution_options(populate_existing=True)))
 
 
 def reap_stale_jobs(session: Session, now: datetime | None = None, *,

@@ -4,7 +4,8 @@
        cancelled, already ran, or another delivery of the same message got it: drop the
        message. A duplicate delivery is therefore harmless, and a job cancelled while
        queued never runs.
-    2. run the kind's runner with a heartbeat thread (worker/context.py);
+    2. run the kind's runner with a heartbeat thread and a session fenced on the job's
+       attempt (worker/context.py, drl_core/fencing.py);
     3. succeeded -> enqueue the queued jobs that depend on it;
        an exception -> failed, with a one-line error and the traceback's last lines in the
        log tail, and its queued downstream jobs failed with "upstream <kind> job N failed";
@@ -32,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from drl_core.artifact_keys import experiment_prefix
 from drl_core.dispatch import release_dependents, settle_downstream
+from drl_core.fencing import fenced_session
 from drl_core.job_states import (
     HELD_BY_WORKER,
     IllegalTransition,
@@ -126,11 +128,14 @@ def _run_held_job(session: Session, job: Job, resources: WorkerResources,
     log_lines: list[str] = []
     error: Exception | None = None
     try:
-        with tempfile.TemporaryDirectory(prefix=f"drl-job-{job_id}-") as workdir:
+        # The runner's writes go through a session fenced on this attempt (drl_core/fencing.py);
+        # this one keeps to the job's status, whose compare-and-sets carry the attempt.
+        with tempfile.TemporaryDirectory(prefix=f"drl-job-{job_id}-") as workdir, \
+                fenced_session(resources.sessions, job_id, attempt) as job_session:
             context = JobContext(
                 job_id=job_id, experiment_id=experiment_id, kind=kind, attempt=attempt,
                 params=dict(job.params or {}),
-                spec=ExperimentSpec.model_validate(job.experiment.spec), session=session,
+                spec=ExperimentSpec.model_validate(job.experiment.spec), session=job_session,
                 resources=resources, heartbeat=heartbeat, workdir=Path(workdir))
             runner_for(kind)(context)
         outcome = JobStatus.SUCCEEDED

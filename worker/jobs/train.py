@@ -6,7 +6,8 @@ points the lost attempt logged after that checkpoint are deleted first, so the r
 are not recorded twice. Every checkpoint the trainer writes is uploaded and recorded (upsert
 by key), and the store keeps the newest `KEEP_LAST`, as the trainer does on disk.
 
-Metric points per logged step: the loss, images/s and every stat the kind's loss reports
+Metric points per logged step (`ctx.record_metrics`: one per job, key and step, fenced on the
+attempt like every write of the job): the loss, images/s and every stat the kind's loss reports
 (drl/vdrl: dsm, penalty; vdm/vdm_vae: bpd and diffusion_bpd, prior_bpd, reconstruction_bpd,
 kl_bpd, kl_weight when annealing; all: grad_norm). A likelihood model (vdm, vdm_vae) then
 reports its test-set bits/dim, the ELBO and each term (`pipeline.bits_per_dim_report`):
@@ -87,7 +88,7 @@ def discard_metrics_after(ctx: JobContext, step: int) -> None:
     ctx.session.execute(sa.delete(MetricPoint).where(
         MetricPoint.experiment_id == ctx.experiment_id, MetricPoint.job_id == ctx.job_id,
         MetricPoint.step > step))
-    ctx.session.commit()
+    ctx.commit()
 
 
 def progress_values(progress: TrainProgress) -> dict[str, float]:
@@ -101,12 +102,7 @@ def progress_values(progress: TrainProgress) -> dict[str, float]:
 def record_progress(ctx: JobContext, progress: TrainProgress) -> None:
     ctx.heartbeat.report(step=progress.step, total=progress.total, loss=progress.loss,
                          images_per_s=progress.images_per_s)
-    ctx.ensure_held()
-    ctx.session.add_all([
-        MetricPoint(experiment_id=ctx.experiment_id, job_id=ctx.job_id, key=key,
-                    step=progress.step, value=value)
-        for key, value in progress_values(progress).items()])
-    ctx.session.commit()
+    ctx.record_metrics(progress.step, progress_values(progress))
 
 
 def json_safe(values: dict[str, Any]) -> dict[str, Any]:
@@ -127,11 +123,7 @@ def record_bits_per_dim(ctx: JobContext, model: nn.Module, x_test: torch.Tensor,
     ctx.ensure_held()
     ctx.session.execute(sa.delete(MetricPoint).where(
         MetricPoint.experiment_id == ctx.experiment_id, MetricPoint.key.in_(BITS_PER_DIM_KEYS)))
-    ctx.session.add_all([
-        MetricPoint(experiment_id=ctx.experiment_id, job_id=ctx.job_id, key=key, step=step,
-                    value=float(bits[term]))
-        for key, term in BITS_PER_DIM_KEYS.items()])
-    ctx.session.commit()
+    ctx.record_metrics(step, {key: float(bits[term]) for key, term in BITS_PER_DIM_KEYS.items()})
     ctx.log(f"{describe_bits_per_dim(bits)} ({bits['images']} images)")
 
 
@@ -156,11 +148,7 @@ def record_code_usage(ctx: JobContext, usage: CodeUsage) -> None:
     ctx.session.execute(sa.delete(MetricPoint).where(
         MetricPoint.experiment_id == ctx.experiment_id, MetricPoint.step == usage.step,
         MetricPoint.key.startswith(CODE_USAGE_PREFIX, autoescape=True)))
-    ctx.session.add_all([
-        MetricPoint(experiment_id=ctx.experiment_id, job_id=ctx.job_id, key=key,
-                    step=usage.step, value=value)
-        for key, value in code_usage_points(usage).items()])
-    ctx.session.commit()
+    ctx.record_metrics(usage.step, code_usage_points(usage))
 
 
 def upload_checkpoint(ctx: JobContext, path: Path, step: int) -> None:
