@@ -36,11 +36,22 @@ class ApiClient:
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return self._checked(self._send(method, path, **kwargs))
+
+    def request_if_found(self, method: str, path: str, **kwargs: Any) -> httpx.Response | None:
+        """`request`, but None for a 404 (something that may not exist)."""
+        response = self._send(method, path, **kwargs)
+        return None if response.status_code == 404 else self._checked(response)
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = self._http.request(method, path, **kwargs)
+            return self._http.request(method, path, **kwargs)
         except httpx.TransportError as err:
             raise CLIError(f"cannot reach the drl server at {self.url} ({_reason(err)})",
                            EXIT_FAILED) from None
+
+    @staticmethod
+    def _checked(response: httpx.Response) -> httpx.Response:
         if response.is_error:
             raise CLIError(problem_detail(response),
                            EXIT_USAGE if response.status_code < 500 else EXIT_FAILED)
@@ -84,6 +95,9 @@ def add_parser(sub) -> None:
                        description="Validate SPEC (YAML or JSON) and submit it; prints the "
                                    "experiment id.")
     p.add_argument("spec", type=Path, help="experiment spec (.yaml, .yml or .json)")
+    p.add_argument("--iterations", type=int, help="override train.iterations")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field, e.g. --set model.base_channels=16 (repeatable)")
     p.add_argument("--idempotency-key", help="a retry with the same key returns the same experiment")
     p.set_defaults(func=submit)
 
@@ -96,7 +110,8 @@ def add_parser(sub) -> None:
     p.add_argument("id", type=int, help="experiment id")
     p.add_argument("--t", type=float, required=True, help="diffusion time in [0, 1]")
     p.add_argument("--split", default="test", choices=["train", "test"])
-    p.add_argument("-o", "--out", type=Path, required=True, help="output .npy file")
+    p.add_argument("-o", "--out", type=Path, required=True,
+                   help="output .npy file; the labels go beside it as <name>_labels.npy")
     p.set_defaults(func=embeddings)
 
     p = sub.add_parser("samples", parents=[common],
@@ -113,9 +128,10 @@ def client_for(args: argparse.Namespace) -> ApiClient:
 
 
 def submit(args: argparse.Namespace) -> int:
-    from drl_engine.spec import load_spec  # validate locally first: the same messages as `drl run`
+    # Validated here first, with the overrides `drl run` takes: the same messages as drl run.
+    from .overrides import spec_with_overrides
 
-    spec = load_spec(args.spec)
+    spec = spec_with_overrides(args.spec, args.overrides, iterations=args.iterations)
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
     client = client_for(args)
     try:
@@ -170,6 +186,9 @@ def embeddings(args: argparse.Namespace) -> int:
                 break
             pages.append(page)
             offset += len(page)
+        # 404: a dataset without labels (or a server older than the labels endpoint).
+        labels = client.request_if_found("GET", "/embeddings/labels",
+                                         params={"experiment": args.id, "split": args.split})
     finally:
         client.close()
     array = np.concatenate(pages) if pages else np.zeros((0, 0), np.float32)
@@ -177,7 +196,19 @@ def embeddings(args: argparse.Namespace) -> int:
     np.save(args.out, array)
     print(f"wrote {args.out}: {array.shape[0]} x {array.shape[1] if array.ndim == 2 else 0} "
           f"({args.split} split, t={args.t:g})")
+    if labels is None:
+        print(f"no labels for experiment {args.id}'s {args.split} split", file=sys.stderr)
+    else:
+        path = labels_path(args.out)
+        path.write_bytes(labels.content)
+        print(f"wrote {path}: the class of each row")
     return 0
+
+
+def labels_path(out: Path) -> Path:
+    """Where `drl embeddings -o codes.npy` puts the labels: codes_labels.npy beside it, as drl
+    run names DIR/embeddings/<split>_labels.npy."""
+    return out.with_name(f"{out.stem}_labels.npy")
 
 
 def samples(args: argparse.Namespace) -> int:

@@ -134,6 +134,16 @@ def resume_mismatches(saved: ExperimentSpec, current: ExperimentSpec) -> list[st
             for key in now if key not in RESUME_FREE_FIELDS and before.get(key) != now[key]]
 
 
+class ResumeError(ValueError):
+    """A checkpoint directory holds another run's checkpoints: `reason` says what differs."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"{path}: cannot resume, {reason} (use a new checkpoint directory to "
+                         "start a different run)")
+        self.path = Path(path)
+        self.reason = reason
+
+
 @dataclass
 class TrainingState:
     """Everything a training run carries from one step to the next."""
@@ -171,13 +181,12 @@ class TrainingState:
         """Load a checkpoint written by `to_checkpoint`, after checking it belongs to this run."""
         mismatches = resume_mismatches(checkpoint_spec(ckpt, path), self.spec)
         if mismatches:
-            raise ValueError(f"{path}: cannot resume, the spec differs from the checkpoint's in "
-                             + "; ".join(mismatches)
-                             + " (use a new checkpoint directory to start a different run)")
+            raise ResumeError(path, "the spec differs from the checkpoint's in "
+                              + "; ".join(mismatches))
         saved_shape = tuple(ckpt["image_shape"])
         if saved_shape != tuple(self.model.image_shape):
-            raise ValueError(f"{path}: cannot resume, the checkpoint was trained on images of "
-                             f"shape {saved_shape}, this dataset has {tuple(self.model.image_shape)}")
+            raise ResumeError(path, f"the checkpoint was trained on images of shape {saved_shape}, "
+                                    f"this dataset has {tuple(self.model.image_shape)}")
         self.model.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])

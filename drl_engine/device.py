@@ -5,15 +5,19 @@ from __future__ import annotations
 import torch
 
 
+class DeviceError(ValueError):
+    """The device a spec asks for is not available on this machine."""
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' -> CUDA when available, else CPU; 'cpu' -> CPU; 'cuda' -> CUDA or ValueError."""
+    """'auto' -> CUDA when available, else CPU; 'cpu' -> CPU; 'cuda' -> CUDA or DeviceError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("train.device is 'cuda' but CUDA is not available on this machine "
+            raise DeviceError("train.device is 'cuda' but CUDA is not available on this machine "
                              "(this torch build or driver sees no GPU); use 'auto' or 'cpu'")
         return torch.device("cuda")
     raise ValueError(f"train.device: expected 'auto', 'cpu' or 'cuda', got {name!r}")

@@ -423,21 +423,41 @@ def parse_spec(data: Any) -> ExperimentSpec:
         raise SpecError(format_validation_error(err)) from None
 
 
-def load_spec(path: str | Path) -> ExperimentSpec:
-    """Read a spec from a YAML (.yaml/.yml) or JSON (.json) file."""
+def syntax_error_message(err: yaml.YAMLError | json.JSONDecodeError) -> str:
+    """`line L, column C: not valid YAML (what the parser expected)`, 1-based, as editors count;
+    without the parser's multi-line excerpt of the file."""
+    if isinstance(err, json.JSONDecodeError):
+        return f"line {err.lineno}, column {err.colno}: not valid JSON ({err.msg})"
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    what = f"{context}, {problem}" if context else problem
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}not valid YAML ({what})"
+
+
+def read_spec_file(path: str | Path) -> Any:
+    """The unvalidated content of a YAML (.yaml/.yml) or JSON (.json) spec file (None when
+    empty); SpecError naming the file when it cannot be read or parsed."""
     path = Path(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise SpecError(f"{path}: spec file not found") from None
-    except OSError as err:
-        raise SpecError(f"{path}: cannot read spec file ({err.strerror})") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a folder, expected a spec file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise SpecError(f"{path}: cannot read spec file ({reason})") from None
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as err:
-        kind = "JSON" if path.suffix == ".json" else "YAML"
-        first = str(err).splitlines()[0]
-        raise SpecError(f"{path}: not valid {kind} ({first})") from None
+        raise SpecError(f"{path}: {syntax_error_message(err)}") from None
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """Read and validate a spec from a YAML (.yaml/.yml) or JSON (.json) file."""
+    data = read_spec_file(path)
     try:
         return parse_spec(data)
     except SpecError as err:

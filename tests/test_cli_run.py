@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -135,8 +136,22 @@ def test_run_on_user_npz_static_encoder(tmp_path):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
+    # One torch thread: the oversubscription warning (its own line) must not fire on a busy
+    # test machine; these tests are about the error line.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DRL_NO_PROGRESS": "1"}
     return subprocess.run([sys.executable, "-m", "drl_cli.main", *args],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+def assert_one_error_line(proc: subprocess.CompletedProcess, *expected: str) -> str:
+    """Exit 2 and one line on stderr, `drl: error: ...`, containing each of `expected`."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("drl: error: "), proc.stderr
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]
 
 
 @pytest.mark.parametrize("content, expected", [
@@ -144,7 +159,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     ("train: {lr: -1}\n", "train.lr"),
     ("objective: {t_sampling: fixed}\n", "objective.t_fixed"),
     ("modle: {}\n", "modle: unknown field"),
-    ("model: [unclosed\n", "not valid YAML"),
+    ("model: [unclosed\n", "line 2, column 1: not valid YAML"),
+    ("name: x\n  model: 2\n", "line 2, column 8: not valid YAML (mapping values"),
+    ("model:\n\tkind: drl\n", "line 2, column 1: not valid YAML"),
 ])
 def test_bad_spec_is_one_line_and_exit_2(tmp_path, content, expected):
     spec = tmp_path / "bad.yaml"
@@ -207,3 +224,106 @@ def test_a_dataset_error_leaves_no_output_folder(tmp_path):
     spec = write_spec(tmp_path / "spec.yaml", dataset={"name": "mnist", "data_dir": str(tmp_path / "none")})
     proc = run_cli("run", str(spec), "--out", str(tmp_path / "out"))
     assert proc.returncode == 2 and not (tmp_path / "out").exists()
+
+
+def test_json_syntax_error_names_line_and_column(tmp_path):
+    spec = tmp_path / "bad.json"
+    spec.write_text('{"model": {"kind": "drl",}}')
+    assert_one_error_line(run_cli("run", str(spec), "--out", str(tmp_path / "o")),
+                          "bad.json: line 1, column 26: not valid JSON")
+
+
+def test_an_unusable_out_is_one_line_before_any_work(tmp_path):
+    spec = write_spec(tmp_path / "spec.yaml", dataset={"name": "digits"})
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    assert_one_error_line(run_cli("run", str(spec), "--out", str(a_file)),
+                          f"--out {a_file}: is a file, expected a folder")
+    assert_one_error_line(run_cli("run", str(spec), "--out", str(a_file / "run")),
+                          f"{a_file} is a file")
+    assert a_file.read_text() == "x"
+
+
+def test_an_unwritable_out_is_refused(tmp_path, monkeypatch):
+    """Root may write anywhere, so the permission is simulated (os.access, what the check asks)."""
+    from drl_cli.errors import CLIError
+    from drl_cli.out_dir import check_output_folder
+
+    check_output_folder(tmp_path / "new" / "run")   # creatable: fine, and nothing is created
+    assert not (tmp_path / "new").exists()
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)
+    with pytest.raises(CLIError, match=f"--out {tmp_path / 'run'}: cannot write to the parent "
+                                       f"folder {tmp_path}"):
+        check_output_folder(tmp_path / "run")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_a_device_this_machine_lacks_is_one_line(tmp_path):
+    spec = write_spec(tmp_path / "spec.yaml", dataset={"name": "digits"})
+    assert_one_error_line(run_cli("run", str(spec), "--out", str(tmp_path / "o"), "--device", "cuda"),
+                          "--device cuda: CUDA is not available")
+    spec = write_spec(tmp_path / "gpu.yaml", dataset={"name": "digits"}, train={"device": "cuda"})
+    assert_one_error_line(run_cli("run", str(spec), "--out", str(tmp_path / "o")),
+                          "gpu.yaml: train.device 'cuda': CUDA is not available")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_a_changed_spec_into_an_existing_out_says_what_differs_and_force_starts_over(tmp_path):
+    from drl_engine.checkpoint import list_checkpoints, load_checkpoint
+    from drl_engine.datasets import load_dataset
+    from drl_engine.spec import load_spec
+    from drl_engine.trainer import train
+
+    first = write_spec(tmp_path / "first.yaml", dataset={"name": "digits", "train_limit": 100,
+                                                          "test_limit": 40},
+                       train={**TINY["train"], "iterations": 2, "checkpoint_every": 2})
+    out = tmp_path / "out"
+    spec = load_spec(first)
+    train(spec, load_dataset(spec.dataset), out / "checkpoints")   # what a first drl run leaves
+    edited = write_spec(tmp_path / "edited.yaml", dataset={"name": "digits", "train_limit": 100,
+                                                            "test_limit": 40},
+                        model={**TINY["model"], "latent_dim": 3},
+                        train={**TINY["train"], "iterations": 2, "checkpoint_every": 2},
+                        evaluate={**TINY["evaluate"], "code_usage_images": 0},
+                        sample={**TINY["sample"], "steps": 2})
+    line = assert_one_error_line(run_cli("run", str(edited), "--out", str(out)),
+                                 f"--out {out} holds checkpoints of a different run",
+                                 "model.latent_dim (checkpoint 4, now 3)", "--force")
+    assert "another --out" in line
+    before = list_checkpoints(out / "checkpoints")
+
+    assert main(["run", str(edited), "--out", str(out), "--force"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["spec"]["model"]["latent_dim"] == 3 and metrics["train"]["steps"] == 2
+    assert np.load(out / "embeddings" / "test_t=0.500.npy").shape == (40, 3)
+    (latest,) = list_checkpoints(out / "checkpoints")   # the old run's were discarded
+    assert load_checkpoint(latest)["spec"]["model"]["latent_dim"] == 3 and before != []
+
+
+def test_oversubscription_warning_when_others_load_plus_threads_exceed_the_cores():
+    from drl_cli.cpu_load import oversubscription_warning
+
+    # Two other trainings on 2 cores (the issue's 80-minute demo): torch's 2 threads do not fit.
+    warning = oversubscription_warning(1.9, 2, 2)
+    assert warning and "OMP_NUM_THREADS=1" in warning and "load average 1.9 on 2 cores" in warning
+    assert oversubscription_warning(1.2, 2, 2)               # one busy core + 2 threads
+    assert oversubscription_warning(0.3, 2, 2) is None      # a quiet machine
+    assert oversubscription_warning(3.0, 2, 1) is None      # one thread cannot wait on itself
+    assert oversubscription_warning(5.0, 16, 8) is None
+    assert oversubscription_warning(None, 2, 2) is None     # no load average on this OS
+
+
+def test_submit_overrides_are_drl_runs(tmp_path):
+    """drl submit takes --set and --iterations (the same function as drl run) and sends only
+    what the file and the command line set, not every default."""
+    from drl_cli.client_cmd import submitted_fields
+    from drl_cli.overrides import spec_with_overrides
+
+    spec_file = write_spec(tmp_path / "spec.yaml", dataset={"name": "digits"})
+    spec = spec_with_overrides(spec_file, ["model.latent_dim=3", "name=x"], iterations=7)
+    sent = submitted_fields(spec)
+    assert sent["train"]["iterations"] == 7 and sent["model"]["latent_dim"] == 3 and sent["name"] == "x"
+    assert "objective" not in sent and "lr" not in sent["train"]
+    proc = run_cli("submit", str(spec_file), "--set", "model.latent_dim=0", "--url", "http://127.0.0.1:9")
+    assert_one_error_line(proc, "model.latent_dim")

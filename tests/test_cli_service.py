@@ -113,9 +113,12 @@ def test_serve_submit_status_embeddings_and_clean_stop(served, tmp_path: Path) -
     assert f"serving {url}" in banner
     worker_pid = int(re.search(r"worker pid (\d+)", banner).group(1))
 
+    # drl submit takes drl run's overrides: the file's name and budget are replaced.
     spec_file = tmp_path / "tiny.yaml"
-    spec_file.write_text(yaml.safe_dump(TINY_SPEC))
-    submitted = drl("submit", str(spec_file), "--url", url, env=env)
+    spec_file.write_text(yaml.safe_dump({**TINY_SPEC, "name": "from-the-file",
+                                         "train": {**TINY_SPEC["train"], "iterations": 500}}))
+    submitted = drl("submit", str(spec_file), "--iterations", "12", "--set", "name=cli-tiny",
+                    "--url", url, env=env)
     assert submitted.returncode == 0, submitted.stderr
     experiment_id = int(submitted.stdout.strip())
 
@@ -141,6 +144,8 @@ def test_serve_submit_status_embeddings_and_clean_stop(served, tmp_path: Path) -
     assert fetched.returncode == 0, fetched.stderr
     codes = np.load(out)
     assert codes.shape == (120, 6) and codes.dtype == np.float32 and np.isfinite(codes).all()
+    labels = np.load(tmp_path / "emb_labels.npy")   # beside the codes, row by row
+    assert labels.shape == (120,) and set(labels.tolist()) <= set(range(10))
 
     # The pipeline's sample job, listed with its FD-LeNet, and its PNG downloaded.
     listed = drl("samples", str(experiment_id), "-o", str(tmp_path / "png"), "--url", url, env=env)
