@@ -30,3 +30,16 @@ def test_api_bench_quick_against_a_real_drl_serve():
     for name in ("healthz", "embeddings_json", "embeddings_npy", "post_experiments"):
         assert figures[name]["requests_per_s"] > 0 and figures[name]["p99_ms"] >= figures[name]["p50_ms"] > 0
     assert figures["embeddings_npy"]["bytes"] >= 500 * 16 * 4  # the whole page came back
+
+
+def test_api_bench_burst_quick_against_postgres():
+    """The burst's smoke run (30 requests at once, PostgreSQL): every one answered, none a
+    server error, one experiment for the shared Idempotency-Key."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "api.py"), "--burst", "--quick"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    figures = json.loads(proc.stdout)
+    assert figures["requests"] == 30 and figures["server_errors"] == 0
+    assert figures["experiments_created_by_the_key"] == 1
+    assert sum(figures["statuses"].values()) == 30 and figures["statuses"].get("201") == 1
+    assert figures["all"]["p99_ms"] >= figures["all"]["p50_ms"] > 0
