@@ -137,6 +137,7 @@ def classifier_accuracy(model: LeNet, x_uint8: torch.Tensor, y: torch.Tensor,
     return int((predicted == y.cpu()).sum()) / max(len(x_uint8), 1)
 
 
+@torch.enable_grad()   # callers may sit in no_grad (a baseline's reconstructions ask for labels)
 def train_lenet(dataset: ImageDataset, settings: LeNetSettings = LeNetSettings(),
                 device: torch.device | str = "cpu") -> TrainedLeNet:
     """Train LeNet on the training split (seeded: same settings and data, same weights on CPU)."""

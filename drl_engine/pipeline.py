@@ -124,14 +124,6 @@ def reconstruction_labels(gen: Generation, ds: ImageDataset, device) -> Reconstr
     return ReconstructionLabels(source, classifier_labels(gen.images, ds, device=device))
 
 
-def reconstruction_agreement_report(gen: Generation, ds: ImageDataset, device) -> float | None:
-    """`reconstruction_labels(...).agreement`: the share of reconstructions of encoded test
-    images that FD-LeNet's classifier labels as their source's class; None where there are
-    no such labels."""
-    labels = reconstruction_labels(gen, ds, device)
-    return None if labels is None else labels.agreement
-
-
 def paired_rows(references: torch.Tensor, images: torch.Tensor, nrow: int) -> torch.Tensor:
     """Rows of `nrow` references, each followed by the row of their images, so every image
     lies right below its source (len(images) a multiple of nrow)."""

@@ -135,3 +135,13 @@ def test_reconstruction_agreement_is_the_classifier_accuracy_on_perfect_reconstr
     assert mismatched < 0.3
     with pytest.raises(ValueError, match="reconstruction agreement: 5 reconstructions for 4"):
         reconstruction_agreement(digits.x_test[:5], digits.y_test[:4], digits, cache_dir, FAST)
+
+
+def test_lenet_trains_even_when_asked_from_inside_no_grad(digits, tmp_path):
+    """A baseline's reconstructions ask for their labels inside torch.no_grad(); the first
+    such request on a dataset trains the LeNet, which needs gradients."""
+    tiny = LeNetSettings(epochs=1, batch_size=64, min_steps=0)
+    with torch.no_grad():
+        agreement = reconstruction_agreement(digits.x_test[:8], digits.y_test[:8], digits,
+                                             tmp_path, tiny)
+    assert 0.0 <= agreement <= 1.0

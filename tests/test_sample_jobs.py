@@ -215,7 +215,11 @@ def test_a_single_encoded_sample_is_its_original_over_its_reconstruction(
     assert any(line.startswith(f"{FD_LENET} skipped") for line in job.log_tail), job.log_tail
     png = client.get(f"/experiments/{drl_experiment}/samples/{job.id}.png")
     assert png.status_code == 200
-    assert grid_shape(png.content, 1) == (2, 1)
+    # The original over its reconstruction, captioned with the digit's class and the
+    # classifier's label: a picture taller than wide, its agreement 0 or 1.
+    image = Image.open(io.BytesIO(png.content))
+    assert image.height > image.width
+    assert meta["reconstruction_agreement"] in (0.0, 1.0)
 
 
 def test_listing_of_an_unknown_experiment_is_a_404_problem(client) -> None:

@@ -6,9 +6,11 @@ spec's `sample` section, with z from the prior for vdm_vae. `generate` dispatche
 model (the SDE samplers for drl/vdrl, ancestral sampling for vdm/vdm_vae) and on the code
 source. Encoded and interpolated codes come from the test split.
 
-The PNG is the grid `drl run` draws for the same settings: reconstructions under their
-originals ('encoded'), one row per pair for 'interpolation' (source a, the decodes, source b:
-`save_interpolations`, as drl run's interpolations.png), else the samples alone.
+The PNG is the grid `drl run` draws for the same settings: each row of originals over the row
+of their reconstructions ('encoded'; on a labelled dataset captioned with each original's
+class and FD-LeNet's classifier's label of each reconstruction), one row per pair for
+'interpolation' (source a, the decodes, source b: `save_interpolations`, as drl run's
+interpolations.png), else the samples alone.
 
 The artifact's meta reports what `drl run` reports of its samples: count, sampler, steps,
 code source, and `fd_lenet` (`fd_lenet_report`: the FD-LeNet of the drawn images against
@@ -27,9 +29,9 @@ from drl_core.artifact_keys import ArtifactKind, sample_key
 from drl_engine.datasets import ImageDataset
 from drl_engine.fd_lenet import FD_LENET
 from drl_engine.generate import Generation, generate
-from drl_engine.pipeline import (fd_lenet_report, fd_lenet_skip_reason,
-                                 reconstruction_agreement_report, sampler_name,
-                                 save_generation, save_interpolations)
+from drl_engine.pipeline import (ReconstructionLabels, fd_lenet_report, fd_lenet_skip_reason,
+                                 reconstruction_labels, sampler_name, save_generation,
+                                 save_interpolations)
 from drl_engine.spec import SampleSpec, generation_sample_spec, has_encoder
 from worker.context import JobContext
 from worker.jobs.common import job_dataset, job_device, load_trained_model
@@ -48,21 +50,21 @@ def run(ctx: JobContext) -> None:
     dataset = job_dataset(ctx)
     x_source = dataset.x_test if code_source in CODES_FROM_IMAGES else None
     generation = generate(model, spec, x_source, device, progress=ctx.progress_check())
-    path = ctx.workdir / "samples.png"
-    save_sample_grid(generation, code_source, path)
     sampler = sampler_name(kind, spec)
     meta = {"job_id": ctx.job_id, "count": len(generation.images), "sampler": sampler,
             "steps": generation.result.steps, "code_source": code_source}
     ctx.log(f"{len(generation.images)} samples ({sampler}, {generation.result.steps} steps"
             + (f", codes: {code_source}" if code_source else "") + ")")
-    ctx.check()   # FD-LeNet may train a LeNet first: not after a cancel
+    ctx.check()   # the labels and FD-LeNet may train a LeNet first: not after a cancel
+    labels = reconstruction_labels(generation, dataset, device)
+    path = ctx.workdir / "samples.png"
+    save_sample_grid(generation, code_source, path, labels)
     fd = sample_quality(ctx, generation, dataset, device)
     if fd is not None:
         meta["fd_lenet"] = fd
-    agreement = reconstruction_agreement_report(generation, dataset, device)
-    if agreement is not None:
-        meta["reconstruction_agreement"] = agreement
-        ctx.log(f"reconstruction agreement: {agreement:.3f}")
+    if labels is not None:
+        meta["reconstruction_agreement"] = labels.agreement
+        ctx.log(f"reconstruction agreement: {labels.agreement:.3f}")
     ctx.store_file(sample_key(ctx.experiment_id, ctx.job_id), path, ArtifactKind.SAMPLE, meta)
 
 
@@ -73,12 +75,14 @@ def job_sample_spec(ctx: JobContext) -> SampleSpec:
     return generation_sample_spec(ctx.spec)
 
 
-def save_sample_grid(generation: Generation, code_source: str | None, path: Path) -> None:
-    """The PNG drl run writes for these codes: interpolation rows, or samples (over originals)."""
+def save_sample_grid(generation: Generation, code_source: str | None, path: Path,
+                     labels: ReconstructionLabels | None = None) -> None:
+    """The PNG drl run writes for these codes: interpolation rows, or samples (under their
+    originals, captioned with `labels`)."""
     if code_source == "interpolation":
         save_interpolations(generation, path)
     else:
-        save_generation(generation, path)
+        save_generation(generation, path, labels)
 
 
 def sample_quality(ctx: JobContext, generation: Generation, dataset: ImageDataset,
