@@ -114,8 +114,10 @@ def run(ctx: StudyContext) -> SectionResult:
     lines += ["", "Each model's untrained control (the same architecture and seed, before any "
               "training step), probed the same way:", "",
               "| control of | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    control_svc: dict[str, dict] = {}
     for label, table in tables.items():
         best = table.best(RANDOM_INIT)
+        control_svc[label] = best.get(svc_column)
         lines.append(f"| {label} | " + " | ".join(
             f"{best[c]['value']:.4f} (t={best[c]['t']:g})" for c in columns) + " |")
         numbers += [Number(f"a/{label}/random_init/{c}", "accuracy", best[c]["value"])
@@ -129,5 +131,5 @@ def run(ctx: StudyContext) -> SectionResult:
     lines += ["", f"![accuracy against t]({link})"]
     return SectionResult("a", "Accuracy against t: DRL vs the baselines (appendix E, figure 4)",
                          True, "\n".join(lines), [link], numbers, time.perf_counter() - start,
-                         {"best_svc": best_svc, "n_test": len(ctx.dataset.x_test),
-                          "svc_column": svc_column})
+                         {"best_svc": best_svc, "control_svc": control_svc,
+                          "n_test": len(ctx.dataset.x_test), "svc_column": svc_column})

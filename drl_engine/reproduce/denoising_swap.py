@@ -8,8 +8,12 @@ result follows x_b rather than x_a, more so the larger t is (less of x_a survive
 
 The number, per swap t: over `swap_pairs` seeded pairs (a, b) of test images of different
 classes, the fraction of swapped samples that the dataset's FD-LeNet classifier labels as b's
-class (the code's source), and as a's class (the x_t's source). A reference row denoises each
-x_t with its own code and gives the fraction labelled as a's class.
+class (the code's source), and as a's class (the x_t's source). A reference column denoises
+each x_t with its own code and gives the fraction labelled as a's class. Where that reference
+is at chance (within two binomial standard errors of 1 / classes) the sampler loses the image
+even with its own code, so the row cannot say whether a code steers the denoising: it is
+marked uninformative, in the table and the text, and the closing note reads only
+informative rows.
 
 The figure (at the middle swap t): the first row holds the code sources x_b, the first column
 the noisy starts x_t (clipped to [0, 1] to show), and cell (a, b) the sample from x_t of a with
@@ -27,7 +31,7 @@ from ..fd_lenet import load_or_train_lenet, predict_labels
 from ..generate import decode_codes
 from ..plots import save_image_grid
 from ..samplers import num_steps
-from .context import Number, SectionResult, StudyContext
+from .context import Number, SectionResult, StudyContext, accuracy_noise
 from .t_init import e_spec
 
 # Swapped samples per sampler call: bounds memory at the larger budgets.
@@ -93,6 +97,13 @@ def swap_figure(ctx: StudyContext, model, t: float, name: str) -> str:
     return link
 
 
+def own_code_at_chance(own_kept: float, classes: int, pairs: int) -> bool:
+    """The own-code reference is within two binomial SEs of chance (1 / classes): the row is
+    uninformative."""
+    chance = 1.0 / classes
+    return abs(own_kept - chance) <= accuracy_noise(chance, pairs)
+
+
 def run(ctx: StudyContext) -> SectionResult:
     start = time.perf_counter()
     b, ds = ctx.budget, ctx.dataset
@@ -115,12 +126,14 @@ def run(ctx: StudyContext) -> SectionResult:
         follows_start = float((swapped == y_test[a_idx]).float().mean())
         own_kept = float((own == y_test[a_idx]).float().mean())
         steps = num_steps(model.spec.sample.model_copy(update={"t_init": t}))
-        rows.append(f"| {t:g} | {steps} | {follows_code:.4f} | {follows_start:.4f} | {own_kept:.4f} |")
+        informative = not own_code_at_chance(own_kept, ds.num_classes, len(a_idx))
+        rows.append(f"| {t:g} | {steps} | {follows_code:.4f} | {follows_start:.4f} | {own_kept:.4f} | "
+                    + ("yes |" if informative else "**no**: own code at chance |"))
         numbers += [Number(f"d/t={t:g}/code_source", "accuracy", follows_code),
                     Number(f"d/t={t:g}/xt_source", "accuracy", follows_start),
                     Number(f"d/t={t:g}/own_code", "accuracy", own_kept)]
         summary[f"{t:g}"] = {"code_source": follows_code, "xt_source": follows_start,
-                             "own_code": own_kept}
+                             "own_code": own_kept, "informative": informative}
         ctx.log(f"  d: t {t:g} done")
     t_fig = b.swap_t_values[len(b.swap_t_values) // 2]
     link = swap_figure(ctx, model, t_fig, "d_swap.png")
@@ -135,13 +148,41 @@ def run(ctx: StudyContext) -> SectionResult:
         f"of the second image; {sigmas}. Labels come from the FD-LeNet classifier{accuracy}.",
         "",
         "| swap t | sampler steps | label = code's source | label = x_t's source | "
-        "own code: label = source |", "|---|---|---|---|---|", *rows, "",
+        "own code: label = source | informative? |", "|---|---|---|---|---|---|", *rows, "",
+        *informative_lines(summary, ds.num_classes, len(a_idx)), "",
         f"![denoising swap at t = {t_fig:g}]({link})", "",
         f"Figure at t = {t_fig:g}: the top row holds the code sources, the first column the "
         "noisy starts x_t (clipped to [0, 1]); cell (row a, column b) is x_t of a denoised with "
         "the code of b, the diagonal the plain reconstruction.", "",
         "The paper's figure 6 shows samples following the code's image once t is large enough "
-        "that little of the start survives. Chance for either label column is about 0.1; the two "
-        "label columns need not add to 1 (a sample may be neither class)."]
+        f"that little of the start survives. Chance for either label column is 1/{ds.num_classes}; "
+        "the two label columns need not add to 1 (a sample may be neither class)."]
     return SectionResult("d", "Denoising swap (figure 6)", True, "\n".join(lines), [link],
                          numbers, time.perf_counter() - start, summary)
+
+
+def informative_lines(summary: dict, classes: int, pairs: int) -> list[str]:
+    """Which swap times can speak to the paper's claim, and what those say."""
+    chance = 1.0 / classes
+    noise = accuracy_noise(chance, pairs)
+    dead = [t for t, row in summary.items() if not row["informative"]]
+    alive = [t for t, row in summary.items() if row["informative"]]
+    lines = []
+    if dead:
+        lines += [
+            f"**Uninformative at t = {', '.join(dead)}**: there the own-code column is at chance "
+            f"(within two binomial standard errors, {noise:.4f}, of 1/{classes} over {pairs} "
+            "pairs): denoised with its own code, the sample keeps its class no more often than "
+            "a guess, so a swapped code failing to steer it says nothing about the code. These "
+            "rows are not evidence for or against the paper's claim.", ""]
+    if alive:
+        top = alive[-1]
+        row = summary[top]
+        winner = ("the code's image" if row["code_source"] > row["xt_source"] else "the x_t's image")
+        lines.append(
+            f"Informative rows: t = {', '.join(alive)}. At the largest of them, t = {top}, "
+            f"{winner} wins ({row['code_source']:.4f} follow the code, {row['xt_source']:.4f} "
+            "the x_t).")
+    else:
+        lines.append("No swap time is informative at this budget.")
+    return lines
