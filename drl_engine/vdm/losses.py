@@ -30,6 +30,7 @@ gradient of the bound.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -165,12 +166,17 @@ class ELBOTerms:
 
 
 def elbo_terms(model, pixels: Tensor, generator: torch.Generator | None,
-               variance_gradient: VarianceGradient | None = None) -> ELBOTerms:
+               variance_gradient: VarianceGradient | None = None,
+               replace_code: Callable[[Tensor], Tensor] | None = None) -> ELBOTerms:
     """The negative-ELBO terms of a batch of uint8 images (B, C, H, W) under `model` (a VDMModel).
 
     Random draws, in order, from `generator`: u for the antithetic t, z's noise (vdm_vae),
     eps for z_t, eps_0 for the reconstruction term. With `variance_gradient`, the schedule's
     shape s(t) and s'(t) are attached to it (training with a learned schedule).
+    `replace_code` (vdm_vae; the within-model test of whether the decoder uses z,
+    vdm/code_use.py) maps the batch's draw z ~ q(z|x) to the code the eps-network is
+    conditioned on instead; z is still drawn, so every other draw is the same as without it,
+    and the KL term stays that of q(z|x).
     """
     x = model.pixels_to_model_range(pixels)
     batch = x.shape[0]
@@ -183,6 +189,10 @@ def elbo_terms(model, pixels: Tensor, generator: torch.Generator | None,
         code_mean, code_logvar = code_mean.float(), code_logvar.float()
         code = reparameterize(code_mean, code_logvar, generator)
         kl = kl_to_standard_normal(code_mean, code_logvar)
+        if replace_code is not None:
+            code = replace_code(code)
+    elif replace_code is not None:
+        raise ValueError("replace_code: model.kind 'vdm' has no code to replace")
 
     gamma_t, dgamma_t = gamma_and_derivative(
         model.schedule, t, create_graph=torch.is_grad_enabled(),
