@@ -17,7 +17,7 @@ from drl_engine.datasets import load_dataset
 from drl_engine.reproduce import run_reproduction
 from drl_engine.reproduce.budgets import get_budget
 from drl_engine.reproduce.context import StudyContext, accuracy_noise
-from drl_engine.reproduce.denoising_swap import informative_lines, own_code_at_chance
+from drl_engine.reproduce.denoising_swap import informative_lines, own_code_at_chance, swap_winner
 from drl_engine.reproduce.latent_2d import FOCI
 from drl_engine.reproduce.report import REPORT_NAME, SECTION_TITLES
 from drl_engine.reproduce.single_t import weighting_verdict
@@ -183,11 +183,20 @@ def test_own_code_at_chance_is_two_binomial_standard_errors_around_one_over_clas
     noise = accuracy_noise(0.1, 500)
     assert own_code_at_chance(0.1 + 0.99 * noise, 10, 500)
     assert not own_code_at_chance(0.1 + 1.01 * noise, 10, 500)
-    summary = {"0.3": {"code_source": 0.004, "xt_source": 0.948, "own_code": 0.946, "informative": True},
-               "0.9": {"code_source": 0.116, "xt_source": 0.092, "own_code": 0.118, "informative": False}}
+    summary = {"0.3": {"code_source": 0.004, "xt_source": 0.948, "own_code": 0.946, "informative": True,
+                       "winner": swap_winner(0.004, 0.948, 500)},
+               "0.9": {"code_source": 0.116, "xt_source": 0.092, "own_code": 0.118, "informative": False,
+                       "winner": swap_winner(0.116, 0.092, 500)}}
     text = "\n".join(informative_lines(summary, 10, 500))
     assert "Uninformative at t = 0.9" in text and "largest of them, t = 0.3" in text
-    assert "the x_t's image wins" in text
+    assert "the x_t's image wins by more than two standard errors" in text
+
+
+def test_a_swap_label_wins_only_beyond_two_standard_errors_of_the_difference():
+    # The committed full report's t = 0.7 row: 0.126 follow the code, 0.106 the x_t (500 pairs).
+    assert swap_winner(0.126, 0.106, 500).startswith("neither image wins")
+    assert swap_winner(0.30, 0.10, 500).startswith("the code's image wins")
+    assert swap_winner(0.004, 0.948, 500).startswith("the x_t's image wins")
 
 
 def test_t_init_section_states_the_real_data_floor_and_one_seed(reproduction):

@@ -104,6 +104,17 @@ def own_code_at_chance(own_kept: float, classes: int, pairs: int) -> bool:
     return abs(own_kept - chance) <= accuracy_noise(chance, pairs)
 
 
+def swap_winner(follows_code: float, follows_start: float, pairs: int) -> str:
+    """Which label the swapped samples take more often, if beyond noise. The two shares come
+    from the same samples (one multinomial draw each), so the difference's standard error is
+    sqrt((p1 + p2 - (p1 - p2)^2) / n); within two of them neither wins."""
+    diff = follows_code - follows_start
+    noise = 2.0 * (max(follows_code + follows_start - diff ** 2, 0.0) / max(pairs, 1)) ** 0.5
+    if abs(diff) <= noise:
+        return f"neither image wins beyond two standard errors ({noise:.4f})"
+    return f"{'the code' if diff > 0 else 'the x_t'}'s image wins by more than two standard errors"
+
+
 def run(ctx: StudyContext) -> SectionResult:
     start = time.perf_counter()
     b, ds = ctx.budget, ctx.dataset
@@ -133,7 +144,8 @@ def run(ctx: StudyContext) -> SectionResult:
                     Number(f"d/t={t:g}/xt_source", "accuracy", follows_start),
                     Number(f"d/t={t:g}/own_code", "accuracy", own_kept)]
         summary[f"{t:g}"] = {"code_source": follows_code, "xt_source": follows_start,
-                             "own_code": own_kept, "informative": informative}
+                             "own_code": own_kept, "informative": informative,
+                             "winner": swap_winner(follows_code, follows_start, len(a_idx))}
         ctx.log(f"  d: t {t:g} done")
     t_fig = b.swap_t_values[len(b.swap_t_values) // 2]
     link = swap_figure(ctx, model, t_fig, "d_swap.png")
@@ -178,10 +190,9 @@ def informative_lines(summary: dict, classes: int, pairs: int) -> list[str]:
     if alive:
         top = alive[-1]
         row = summary[top]
-        winner = ("the code's image" if row["code_source"] > row["xt_source"] else "the x_t's image")
         lines.append(
             f"Informative rows: t = {', '.join(alive)}. At the largest of them, t = {top}, "
-            f"{winner} wins ({row['code_source']:.4f} follow the code, {row['xt_source']:.4f} "
+            f"{row['winner']} ({row['code_source']:.4f} follow the code, {row['xt_source']:.4f} "
             "the x_t).")
     else:
         lines.append("No swap time is informative at this budget.")

@@ -88,8 +88,8 @@ def closing_note(results: dict[str, SectionResult]) -> list[str]:
             top = d.summary[t_top]
             lines.append(f"- Denoising swap at t = {t_top}, the largest informative swap time"
                          f"{skipped}: {top['code_source']:.4f} of the samples take the class of "
-                         f"the code's image, {top['xt_source']:.4f} that of the x_t's image (the "
-                         "paper: the code's image wins at large t).")
+                         f"the code's image, {top['xt_source']:.4f} that of the x_t's image: "
+                         f"{top['winner']} (the paper: the code's image wins at large t).")
         else:
             lines.append(f"- Denoising swap: no informative swap time{skipped}; no verdict.")
     e = results.get("e")
