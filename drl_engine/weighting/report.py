@@ -194,56 +194,66 @@ def t_profile(groups, dataset: str) -> list[str]:
 
 # --- figures ---------------------------------------------------------------------------------
 
-def plot_curves(groups, budget: WeightingBudget, path: Path) -> None:
-    """SVC-1000 std against training steps, static encoders, one panel per dataset."""
-    datasets = [d.name for d in budget.datasets]
+def dataset_panels(datasets: list[str]):
+    """One figure with a panel per dataset: (fig, [(ax, dataset), ...])."""
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.5), squeeze=False)
-    for ax, ds in zip(axes[0], datasets):
-        for variant in VARIANTS:
-            rs = groups.get((ds, variant, "static"))
-            if not rs:
-                continue
-            steps = sorted({p["step"] for r in rs for p in r.curve})
-            est = [Estimate.of(p.get(headline_svc(budget)) for r in rs for p in r.curve
-                               if p["step"] == s) for s in steps]
-            mean = np.array([e.mean for e in est])
-            se = np.nan_to_num(np.array([e.se for e in est]))
-            ax.plot(steps, mean, marker="o", label=variant)
-            ax.fill_between(steps, mean - se, mean + se, alpha=0.2)
+    return fig, list(zip(axes[0], datasets))
+
+
+def save_panels(fig, panels, path: Path, xlabel: str, ylabel: str) -> None:
+    """Title, labels and grid on every panel, the legend on the first, then the PNG."""
+    for ax, ds in panels:
         ax.set_title(ds)
-        ax.set_xlabel("training step")
-        ax.set_ylabel(f"SVC-{max(budget.label_budgets)} std (test)")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    panels[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def plot_code_usage_by_variant(groups, budget: WeightingBudget, path: Path) -> None:
-    """Final code_gain (solid) and class_gain (dashed) against t, static encoders, mean over seeds."""
-    datasets = [d.name for d in budget.datasets]
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.5), squeeze=False)
-    for ax, ds in zip(axes[0], datasets):
+def plot_curves(groups, budget: WeightingBudget, datasets: list[str], path: Path) -> None:
+    """The headline SVC against training steps, static encoders, one panel per dataset."""
+    svc = headline_svc(budget)
+    fig, panels = dataset_panels(datasets)
+    for ax, ds in panels:
+        for variant in VARIANTS:
+            rs = groups.get((ds, variant, "static"))
+            if not rs:
+                continue
+            steps = sorted({p["step"] for r in rs for p in r.curve})
+            est = [Estimate.of(p.get(svc) for r in rs for p in r.curve if p["step"] == s)
+                   for s in steps]
+            mean = np.array([e.mean for e in est])
+            se = np.nan_to_num(np.array([e.se for e in est]))
+            ax.plot(steps, mean, marker="o", label=variant)
+            ax.fill_between(steps, mean - se, mean + se, alpha=0.2)
+    save_panels(fig, panels, path, "training step", f"{probe_columns(budget)[svc]} (test)")
+
+
+def relative_gain(row: dict, key: str) -> float | None:
+    """A gain as a share of the error with shuffled codes: how much of the denoising error at
+    t the code (or its class) removes. The raw gains span orders of magnitude over t."""
+    gain, base = row.get(key), row.get("error_shuffled")
+    return None if gain is None or not base else gain / base
+
+
+def plot_code_usage_by_variant(groups, datasets: list[str], path: Path) -> None:
+    """Final code_gain (solid) and class_gain (dashed) as shares of the shuffled-code error,
+    against t, static encoders, mean over seeds."""
+    fig, panels = dataset_panels(datasets)
+    for ax, ds in panels:
         for i, variant in enumerate(v for v in VARIANTS if v != "ae"):
             rs = [r for r in groups.get((ds, variant, "static"), []) if r.code_usage]
             if not rs:
                 continue
             ts = [row["t"] for row in rs[0].code_usage["rows"]]
             for key, style in (("code_gain", "-"), ("class_gain", "--")):
-                mean = [Estimate.of(r.code_usage["rows"][j].get(key) for r in rs).mean
+                mean = [Estimate.of(relative_gain(r.code_usage["rows"][j], key) for r in rs).mean
                         for j in range(len(ts))]
-                ax.plot(ts, mean, style, color=f"C{i}",
-                        label=f"{variant} {key}" if ds == datasets[0] else None)
-        ax.set_yscale("symlog", linthresh=1e-4)
-        ax.set_title(ds)
-        ax.set_xlabel("t")
-        ax.set_ylabel("error reduction (MSE per pixel)")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+                ax.plot(ts, mean, style, color=f"C{i}", label=f"{variant} {key}")
+    save_panels(fig, panels, path, "t", "share of the shuffled-code error removed")
 
 
 def plot_t_profile(groups, dataset: str, path: Path) -> bool:
@@ -279,8 +289,12 @@ def render_report(budget: WeightingBudget, results: list[CellResult], out_dir: P
     groups = group(results)
     image_dir = out_dir / IMAGE_DIR
     image_dir.mkdir(parents=True, exist_ok=True)
-    plot_curves(groups, budget, image_dir / "accuracy_vs_steps.png")
-    plot_code_usage_by_variant(groups, budget, image_dir / "code_usage.png")
+    # Only the datasets with results (a report of an unfinished grid may lack some).
+    ran = {r.cell.dataset for r in results}
+    datasets = [d for d in budget.datasets if d.name in ran]
+    names = [d.name for d in datasets]
+    plot_curves(groups, budget, names, image_dir / "accuracy_vs_steps.png")
+    plot_code_usage_by_variant(groups, names, image_dir / "code_usage.png")
 
     parts = [
         f"# Making the code learn class structure: loss weighting ({budget.name} budget)", "",
@@ -310,9 +324,10 @@ def render_report(budget: WeightingBudget, results: list[CellResult], out_dir: P
 
     parts += ["## Targets", ""]
     target = ae_target(groups, budget)
-    parts += target or ["- No MNIST cells in this budget: the AE target is not measured here."]
+    parts += target or ["- The AE target needs MNIST's static edm and AE rows; they are not in "
+                        "this report, so it is not measured here."]
     all_failing = []
-    for ds in budget.datasets:
+    for ds in datasets:
         _, failing = gap_table(groups, budget, ds.name)
         all_failing += [f"{ds.name}: {f}" for f in failing if not f.startswith("ae")]
     parts += [f"- Untrained-control gap ({probe_columns(budget)[headline_svc(budget)]} and linear, "
@@ -321,7 +336,7 @@ def render_report(budget: WeightingBudget, results: list[CellResult], out_dir: P
                  "these do **not** beat their control by more than 3 SE: "
                  + "; ".join(all_failing) + "."), ""]
 
-    for ds in budget.datasets:
+    for ds in datasets:
         name = ds.name
         parts += [f"## {name}" + (f" ({ds.train_limit} / {ds.test_limit} images)"
                                   if ds.train_limit else ""), "",
@@ -348,8 +363,10 @@ def render_report(budget: WeightingBudget, results: list[CellResult], out_dir: P
         "## Where along t the code is used", "",
         "The code-usage diagnostic at the end of training (drl_engine/code_usage.py): "
         "code_gain = error(shuffled codes) - error(true codes), class_gain = error(shuffled) - "
-        "error(shuffled within class), per-pixel MSE of the denoised x_0 on held-out test "
-        "images, mean over seeds (solid: code_gain, dashed: class_gain; symlog axis):", "",
+        "error(shuffled within class), with error the per-pixel MSE of the denoised x_0 on "
+        "held-out test images; plotted as shares of error(shuffled), i.e. the part of the "
+        "denoising error at t that the code (solid) or its class (dashed) removes, mean over "
+        "seeds:", "",
         f"![code usage]({IMAGE_DIR}/code_usage.png)", "",
         "## Budget", "", "| setting | value |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in budget.as_rows()], ""]
