@@ -21,6 +21,7 @@ from sklearn.datasets import load_digits
 from drl_engine.datasets import (
     DatasetError,
     ImageDataset,
+    check_dataset,
     download_dataset,
     from_model_range,
     load_dataset,
@@ -429,6 +430,146 @@ def test_npz_unknown_path_and_unreadable_file(tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match=r"text\.npz: not a numpy \.npz file") as err:
         load_dataset(spec(name="npz", path="text.npz"))
     assert "pickle" not in str(err.value) and "expected an .npz with x_train" in str(err.value)
+
+
+# --- check_dataset: the load's errors from headers alone ---------------------------------------
+
+def test_check_passes_the_shared_files_without_reading_their_data(data_dir, monkeypatch):
+    """What the API runs on every submit: headers and lengths only, never a decompression of
+    the 50 MB image files or an array's data."""
+    from drl_engine.datasets import idx
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("check_dataset read a file's data")
+
+    monkeypatch.setattr(idx, "_read_payload", no_data)
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", no_data)
+    for name in ("mnist", "fashion_mnist", "cifar10", "digits"):
+        check_dataset(spec(name=name, data_dir=str(data_dir)))
+
+
+def _expect_same_error(dataset: DatasetSpec) -> str:
+    """check_dataset raises exactly the DatasetError load_dataset raises; its message."""
+    with pytest.raises(DatasetError) as loaded:
+        load_dataset(dataset)
+    with pytest.raises(DatasetError) as checked:
+        check_dataset(dataset)
+    assert str(checked.value) == str(loaded.value)
+    return str(checked.value)
+
+
+def _break_idx(folder: Path, data_dir: Path, how: str) -> None:
+    gz = how in ("magic", "truncated gzip")
+    write_tiny_idx_set(folder, gz=gz)
+    if how == "missing":
+        (folder / "t10k-labels-idx1-ubyte").unlink()
+    elif how == "magic":
+        (folder / "train-labels-idx1-ubyte.gz").write_bytes(
+            gzip.compress(idx_bytes(np.zeros(12, np.uint8), magic=1234)))
+    elif how == "labels for images":
+        (folder / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros(5, np.uint8)))
+    elif how == "truncated gzip":
+        blob = (data_dir / "mnist" / "t10k-labels-idx1-ubyte.gz").read_bytes()
+        (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(blob[: len(blob) // 2])
+    elif how == "short body":
+        path = folder / "train-images-idx3-ubyte"
+        path.write_bytes(path.read_bytes()[:-100])
+    elif how == "counts":
+        (folder / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(11, np.uint8)))
+    elif how == "image size":
+        (folder / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((5, 32, 32), np.uint8)))
+
+
+@pytest.mark.parametrize("how", ["missing", "magic", "labels for images", "truncated gzip",
+                                 "short body", "counts", "image size"])
+def test_check_finds_what_the_idx_load_finds(tmp_path, data_dir, how):
+    _break_idx(tmp_path, data_dir, how)
+    _expect_same_error(spec(name="mnist", data_dir=str(tmp_path)))
+
+
+def test_check_accepts_a_gzip_of_several_members(tmp_path):
+    """Its trailer records the last member's length only: the check reads it whole, as the load
+    does, rather than refusing a file the load accepts."""
+    arrays = write_tiny_idx_set(tmp_path)
+    raw = idx_bytes(arrays["train-images-idx3-ubyte"])
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(
+        gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]))
+    check_dataset(spec(name="mnist", data_dir=str(tmp_path)))
+    load_dataset(spec(name="mnist", data_dir=str(tmp_path)))
+
+
+@pytest.mark.parametrize("arrays", [
+    {"images": np.zeros((4, 4, 4), np.uint8)},
+    {"x_train": np.zeros((4, 4, 4), np.float32)},
+    {"x_train": np.zeros((4, 4, 4), np.uint8), "y_train": np.zeros(3, np.int64)},
+    {"x_train": np.zeros((4, 4, 4), np.uint8), "y_train": np.zeros(4, np.float32)},
+    {"x_train": np.zeros(16, np.uint8)},
+    {"x_train": np.zeros((4, 3, 8, 8), np.uint8)},
+    {"x_train": np.zeros((0, 4, 4), np.uint8)},
+    {"x_train": np.zeros((1, 4, 4), np.uint8)},
+    {"x_train": np.zeros((4, 4, 4), np.uint8), "y_test": np.zeros(2, np.int64)},
+    {"x_train": np.zeros((4, 4, 4), np.uint8), "y_train": np.zeros(4, np.int64),
+     "x_test": np.zeros((2, 4, 4), np.uint8)},
+    {"x_train": np.zeros((4, 4, 4), np.uint8), "x_test": np.zeros((2, 5, 4), np.uint8)},
+    {"x_train": np.array([None, "a"], dtype=object)},
+], ids=lambda arrays: ",".join(f"{k}{v.shape}" for k, v in arrays.items()))
+def test_check_finds_what_the_npz_load_finds(tmp_path, arrays):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    _expect_same_error(spec(name="npz", path=str(tmp_path / "bad.npz")))
+
+
+def test_check_finds_missing_and_foreign_npz_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 this is no zip archive")
+    (tmp_path / "text.npz").write_text("x_train,y_train\n1,2\n")
+    np.save(tmp_path / "one.npy", np.zeros((3, 4, 4), np.uint8))
+    np.savez(tmp_path / "cut.npz", x_train=np.zeros((50, 8, 8), np.uint8))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "cut.npz").read_bytes()[:2000])
+    for path in ("missing/data.npz", "junk.npz", "text.npz", "one.npy", "cut.npz"):
+        assert _expect_same_error(spec(name="npz", path=path)).startswith(str(tmp_path / path))
+
+
+def test_check_leaves_label_values_to_the_load(tmp_path):
+    """Headers say nothing about values: a negative label passes the check, fails the load."""
+    np.savez(tmp_path / "neg.npz", x_train=np.zeros((4, 4, 4), np.uint8),
+             y_train=np.array([0, 1, -1, 2]))
+    check_dataset(spec(name="npz", path=str(tmp_path / "neg.npz")))
+    with pytest.raises(DatasetError, match="must hold class labels >= 0"):
+        load_dataset(spec(name="npz", path=str(tmp_path / "neg.npz")))
+
+
+def test_check_finds_what_the_cifar_load_finds(tmp_path):
+    _expect_same_error(spec(name="cifar10", data_dir=str(tmp_path)))        # nothing there
+    path = tmp_path / "cifar10-partial" / "cifar10_partial.npz"
+    path.parent.mkdir()
+    np.savez(path, x_train=np.zeros((4, 3, 32, 32), np.uint8), y_train=np.zeros(4, np.int64),
+             x_test=np.zeros((2, 3072), np.uint8), y_test=np.zeros(2, np.int64))
+    _expect_same_error(spec(name="cifar10", data_dir=str(tmp_path)))
+    np.savez(path, x_train=np.zeros((4, 3072), np.uint8), y_train=np.zeros(4, np.int64))
+    _expect_same_error(spec(name="cifar10", data_dir=str(tmp_path)))       # no x_test
+
+    folder = tmp_path / "b" / "cifar-10-batches-py"
+    write_cifar_batches(folder)
+    check_dataset(spec(name="cifar10", data_dir=str(tmp_path / "b")))
+    (folder / "test_batch").unlink()
+    _expect_same_error(spec(name="cifar10", data_dir=str(tmp_path / "b")))
+
+
+def test_check_finds_a_cifar_batch_cut_short_without_unpickling_it(tmp_path):
+    """Unpickling runs code from the file, which a submit must never do: pickle's framing (every
+    pickle ends with its STOP opcode) finds a batch cut short or a file of another kind."""
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar_batches(folder)
+    batch = folder / "data_batch_2"
+    batch.write_bytes(batch.read_bytes()[:-10])
+    with pytest.raises(DatasetError) as err:
+        check_dataset(spec(name="cifar10", data_dir=str(tmp_path)))
+    assert str(err.value).startswith(f"{batch}: not a complete pickle")
+    batch.write_bytes(b"")
+    with pytest.raises(DatasetError, match="data_batch_2: not a complete pickle"):
+        check_dataset(spec(name="cifar10", data_dir=str(tmp_path)))
+    with pytest.raises(DatasetError, match="data_batch_2: cannot be unpickled"):
+        load_dataset(spec(name="cifar10", data_dir=str(tmp_path)))
 
 
 # --- ImageDataset and the pixel-range maps -------------------------------------------------

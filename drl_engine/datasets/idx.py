@@ -4,11 +4,15 @@ Header (big-endian): a magic number, whose low byte is the number of dimensions 
 third byte is the element type (0x08 = unsigned byte), then one uint32 per dimension, then
 the elements row-major. Images are magic 2051 (0x00000803: N, rows, cols); labels 2049
 (0x00000801: N).
+
+`idx_shape` reads only a file's header and its length (a gzip's trailer records the length of
+the data it holds), so a missing, foreign or truncated file is found without decompressing it.
 """
 
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -19,6 +23,8 @@ from .core import DatasetError
 
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
+# (magic, number of dimensions) of each kind of file.
+_FORMATS = {"image": (IMAGES_MAGIC, 3), "label": (LABELS_MAGIC, 1)}
 _GZIP_SIGNATURE = b"\x1f\x8b"
 
 
@@ -66,13 +72,18 @@ def _body(path: Path, raw: bytes, fmt: str, shape: tuple[int, ...]) -> np.ndarra
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
 
 
+def _check_image_dims(path: Path, fmt: str, shape: tuple[int, ...]) -> None:
+    _, rows, cols = shape
+    if rows == 0 or cols == 0:
+        raise DatasetError(f"{path}: {fmt} with empty images ({rows} x {cols})")
+
+
 def read_idx_images(path: Path) -> np.ndarray:
     """uint8 (N, rows, cols) from an IDX image file (magic 2051), gzipped or not."""
     raw, fmt = _read_payload(path, "image")
-    n, rows, cols = _header(path, raw, fmt, IMAGES_MAGIC, 3)
-    if rows == 0 or cols == 0:
-        raise DatasetError(f"{path}: {fmt} with empty images ({rows} x {cols})")
-    return _body(path, raw, fmt, (n, rows, cols))
+    shape = _header(path, raw, fmt, IMAGES_MAGIC, 3)
+    _check_image_dims(path, fmt, shape)
+    return _body(path, raw, fmt, shape)
 
 
 def read_idx_labels(path: Path) -> np.ndarray:
@@ -80,3 +91,42 @@ def read_idx_labels(path: Path) -> np.ndarray:
     raw, fmt = _read_payload(path, "label")
     (n,) = _header(path, raw, fmt, LABELS_MAGIC, 1)
     return _body(path, raw, fmt, (n,))
+
+
+def _head_and_length(path: Path, kind: str, size: int) -> tuple[bytes, int, str]:
+    """(the first `size` bytes of the data, the data's length, format name) without reading
+    the data: a gzip's length is its trailer's (the last 4 bytes, little-endian, modulo 2**32)."""
+    with path.open("rb") as f:
+        if f.read(2) != _GZIP_SIGNATURE:
+            f.seek(0)
+            return f.read(size), os.fstat(f.fileno()).st_size, f"IDX {kind} file"
+        f.seek(0)
+        with gzip.GzipFile(fileobj=f) as unzipped:
+            head = unzipped.read(size)
+        f.seek(-4, os.SEEK_END)
+        return head, struct.unpack("<I", f.read(4))[0], f"gzipped IDX {kind} file"
+
+
+def idx_shape(path: Path, kind: str) -> tuple[int, ...]:
+    """The shape an IDX `kind` ("image" or "label") file holds, checked as `read_idx_images` /
+    `read_idx_labels` would check it (the same DatasetError), from its header and length only.
+
+    When the length does not match the header (a truncated file, or a gzip of several members,
+    whose trailer records the last member's length only) the file is read whole, as the loader
+    reads it: that says exactly what is wrong, or finds the file sound after all.
+    """
+    magic, dims = _FORMATS[kind]
+    header_size = 4 * (1 + dims)
+    try:
+        head, length, fmt = _head_and_length(path, kind, header_size)
+    except (EOFError, OSError, zlib.error):
+        head = None   # missing, unreadable or a corrupt gzip header: the full read says which
+    if head is not None:
+        shape = _header(path, head, fmt, magic, dims)
+        if kind == "image":
+            _check_image_dims(path, fmt, shape)
+        expected = header_size + int(np.prod(shape))
+        if length == (expected % 2**32 if fmt.startswith("gzipped") else expected):
+            return shape
+    reader = read_idx_images if kind == "image" else read_idx_labels
+    return reader(path).shape

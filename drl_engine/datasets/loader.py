@@ -1,16 +1,24 @@
-"""`load_dataset`: a DatasetSpec in, the whole dataset as uint8 tensors out. Nothing downloads."""
+"""`load_dataset`: a DatasetSpec in, the whole dataset as uint8 tensors out. Nothing downloads.
+
+`check_dataset`: the same files found and checked from their headers, without loading them:
+what the API can afford on every submit (drl_core/data_paths.py). It raises the DatasetError
+the load would raise for a missing file, a file of another format, a truncated file or one of
+the wrong shape; what only the data shows (a label out of range, a corrupt byte inside a
+compressed file) is left to the load.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from ..spec import DatasetSpec
-from .cifar import load_cifar10
+from .cifar import check_cifar10, load_cifar10
 from .core import DatasetError, ImageDataset
 from .digits import load_digits_dataset
-from .mnist import IDX_SOURCES, load_idx_dataset
-from .npz import load_npz_dataset, resolve_user_path
+from .mnist import IDX_SOURCES, check_idx_dataset, load_idx_dataset
+from .npz import check_npz_file, load_npz_dataset, resolve_user_path
 
 DATA_DIR_ENV = "DRL_DATA_DIR"
 DEFAULT_DATA_DIR = "data"
@@ -22,19 +30,50 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     return resolve_user_path(chosen)
 
 
+def _limits(spec: DatasetSpec) -> dict[str, int | None]:
+    return {"train_limit": spec.train_limit, "test_limit": spec.test_limit}
+
+
+def _npz_path(spec: DatasetSpec) -> str:
+    if not spec.path:
+        raise DatasetError("dataset.path: required when dataset.name is 'npz'")
+    return spec.path
+
+
+def _idx_source(name: str):
+    source = IDX_SOURCES[name]
+    return (lambda s: load_idx_dataset(source, resolve_data_dir(s.data_dir), **_limits(s)),
+            lambda s: check_idx_dataset(source, resolve_data_dir(s.data_dir)))
+
+
+# dataset.name -> (load, check): one table, so that the two never disagree on which files a
+# spec names.
+_SOURCES: dict[str, tuple[Callable[[DatasetSpec], ImageDataset], Callable[[DatasetSpec], None]]] = {
+    "npz": (lambda s: load_npz_dataset(_npz_path(s), **_limits(s)),
+            lambda s: check_npz_file(_npz_path(s))),
+    "digits": (lambda s: load_digits_dataset(**_limits(s)),
+               lambda s: None),   # bundled with scikit-learn: no files
+    "cifar10": (lambda s: load_cifar10(resolve_data_dir(s.data_dir), **_limits(s)),
+                lambda s: check_cifar10(resolve_data_dir(s.data_dir))),
+    **{name: _idx_source(name) for name in IDX_SOURCES},
+}
+
+
+def _source(spec: DatasetSpec):
+    if spec.name not in _SOURCES:
+        known = ", ".join(sorted(_SOURCES))
+        raise DatasetError(f"dataset.name: unknown dataset {spec.name!r}; expected one of {known}")
+    return _SOURCES[spec.name]
+
+
 def load_dataset(spec: DatasetSpec) -> ImageDataset:
     """The dataset named by `spec`, limited to the first train_limit / test_limit images."""
-    limits = {"train_limit": spec.train_limit, "test_limit": spec.test_limit}
-    if spec.name == "npz":
-        if not spec.path:
-            raise DatasetError("dataset.path: required when dataset.name is 'npz'")
-        return load_npz_dataset(spec.path, **limits)
-    if spec.name == "digits":
-        return load_digits_dataset(**limits)
-    data_dir = resolve_data_dir(spec.data_dir)
-    if spec.name == "cifar10":
-        return load_cifar10(data_dir, **limits)
-    if spec.name in IDX_SOURCES:
-        return load_idx_dataset(IDX_SOURCES[spec.name], data_dir, **limits)
-    known = ", ".join(["cifar10", "digits", "npz", *IDX_SOURCES])
-    raise DatasetError(f"dataset.name: unknown dataset {spec.name!r}; expected one of {known}")
+    load, _ = _source(spec)
+    return load(spec)
+
+
+def check_dataset(spec: DatasetSpec) -> None:
+    """DatasetError (naming the file) when the files `spec` names are missing or visibly not the
+    dataset (see the module docstring); reads headers, never the data."""
+    _, check = _source(spec)
+    check(spec)

@@ -1,7 +1,8 @@
 """MNIST and Fashion-MNIST: the four standard IDX files, gzipped or not.
 
 Looked up in `<data_dir>/<subdir>/` first, then directly in `<data_dir>/` (both layouts are
-common), each name with `.gz` first, then without.
+common), each name with `.gz` first, then without. `check_idx_dataset` checks the four files
+from their headers alone (what a submit can afford); `load_idx_dataset` reads them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 from .arrays import build_dataset
 from .core import DatasetError, ImageDataset
-from .idx import read_idx_images, read_idx_labels
+from .idx import idx_shape, read_idx_images, read_idx_labels
 
 TRAIN_IMAGES = "train-images-idx3-ubyte"
 TRAIN_LABELS = "train-labels-idx1-ubyte"
@@ -85,19 +86,25 @@ def find_idx_file(data_dir: Path, source: IdxSource, stem: str) -> Path:
         f"drl_engine.datasets.download_dataset('{source.name}', ...)")
 
 
+def _check_split_shapes(source: IdxSource, images_path: Path, images_shape: tuple[int, ...],
+                        labels_path: Path, labels_shape: tuple[int, ...]) -> None:
+    """The images are the source's size, with one label each."""
+    if tuple(images_shape[1:]) != source.image_size:
+        raise DatasetError(f"{images_path}: {source.title} images must be "
+                           f"{source.image_size[0]} x {source.image_size[1]}, "
+                           f"got {images_shape[1]} x {images_shape[2]}")
+    if images_shape[0] != labels_shape[0]:
+        raise DatasetError(f"{labels_path}: {labels_shape[0]} labels for the {images_shape[0]} "
+                           f"images in {images_path}; expected one label per image")
+
+
 def _read_split(data_dir: Path, source: IdxSource, images_stem: str,
                 labels_stem: str) -> tuple[np.ndarray, np.ndarray]:
     images_path = find_idx_file(data_dir, source, images_stem)
     labels_path = find_idx_file(data_dir, source, labels_stem)
     images = read_idx_images(images_path)
     labels = read_idx_labels(labels_path)
-    if images.shape[1:] != source.image_size:
-        raise DatasetError(f"{images_path}: {source.title} images must be "
-                           f"{source.image_size[0]} x {source.image_size[1]}, "
-                           f"got {images.shape[1]} x {images.shape[2]}")
-    if len(images) != len(labels):
-        raise DatasetError(f"{labels_path}: {len(labels)} labels for the {len(images)} images "
-                           f"in {images_path}; expected one label per image")
+    _check_split_shapes(source, images_path, images.shape, labels_path, labels.shape)
     if len(labels) and labels.max() >= source.num_classes:
         raise DatasetError(f"{labels_path}: labels must lie in 0..{source.num_classes - 1}, "
                            f"found {int(labels.max())}")
@@ -111,3 +118,14 @@ def load_idx_dataset(source: IdxSource, data_dir: Path, train_limit: int | None 
     x_test, y_test = _read_split(data_dir, source, TEST_IMAGES, TEST_LABELS)
     return build_dataset(source.name, x_train, y_train, x_test, y_test, train_limit=train_limit,
                          test_limit=test_limit, num_classes=source.num_classes)
+
+
+def check_idx_dataset(source: IdxSource, data_dir: Path) -> None:
+    """The DatasetError `load_idx_dataset` would raise for a missing, foreign, truncated or
+    mis-shaped file, found from the files' headers and lengths (idx_shape); what only the data
+    shows (a label out of range, a corrupt byte inside a gzip) is left to the load."""
+    for images_stem, labels_stem in ((TRAIN_IMAGES, TRAIN_LABELS), (TEST_IMAGES, TEST_LABELS)):
+        images_path = find_idx_file(data_dir, source, images_stem)
+        labels_path = find_idx_file(data_dir, source, labels_stem)
+        _check_split_shapes(source, images_path, idx_shape(images_path, "image"),
+                            labels_path, idx_shape(labels_path, "label"))
