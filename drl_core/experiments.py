@@ -17,7 +17,7 @@ train alone. Samples default to `generation_sample_spec` (z from the prior for v
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -121,19 +121,25 @@ def _replay(existing: Experiment, spec_json: dict[str, Any]) -> tuple[Experiment
 
 def create_experiment(session: Session, spec: ExperimentSpec, owner_id: int | None,
                       idempotency_key: str | None, *,
-                      celery_app: Celery | None = None) -> tuple[Experiment, bool]:
+                      celery_app: Celery | None = None,
+                      check_new: Callable[[ExperimentSpec], None] | None = None,
+                      ) -> tuple[Experiment, bool]:
     """Create the experiment and its pipeline jobs, commit, send training's message (or leave
     it to the reaper when the broker is down).
 
     Returns (experiment, created). The same `idempotency_key` for the same owner returns the
     existing experiment with created=False (also when a concurrent request won the insert);
-    with a different spec it raises IdempotencyConflict.
+    with a different spec it raises IdempotencyConflict. `check_new(spec)` (the API's dataset
+    check) runs before anything is stored, and only for a spec that would be stored: a replay
+    answers with the experiment that exists, whatever has happened to its files since.
     """
     spec_json = spec.model_dump(mode="json")
     if idempotency_key is not None:
         existing = find_by_idempotency_key(session, owner_id, idempotency_key)
         if existing is not None:
             return _replay(existing, spec_json)
+    if check_new is not None:
+        check_new(spec)
 
     experiment = Experiment(name=experiment_name(spec), owner_id=owner_id, spec=spec_json,
                             idempotency_key=idempotency_key)

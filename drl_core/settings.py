@@ -38,6 +38,10 @@ class Settings(BaseSettings):
 
     # Datasets (the engine also reads DRL_DATA_DIR itself).
     data_dir: Path | None = None
+    # POST /experiments checks the files a spec's dataset names (headers only) where the API
+    # sees the workers' data folder (drl_core/data_paths.py); false: never (an API whose
+    # data folder is not the workers').
+    check_datasets_at_submit: bool = True
 
     # API.
     auth_enabled: bool = False

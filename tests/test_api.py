@@ -743,6 +743,7 @@ def test_with_auth_on_datasets_are_read_only_from_the_data_folder(
     """A shared box: a spec cannot make the workers read files outside DRL_DATA_DIR."""
     data = tmp_path / "team-data"
     (data / "mine").mkdir(parents=True)
+    np.savez(data / "mine" / "x.npz", x_train=np.zeros((4, 16, 16), np.uint8))
     app_settings = settings.model_copy(update={"auth_enabled": True, "data_dir": data})
     alice = bearer(tokens["alice"])
     with TestClient(create_app(app_settings)) as client:
@@ -772,6 +773,66 @@ def test_a_nul_byte_in_a_path_or_the_name_is_a_422_naming_it(
                                   422, field)
             assert "NUL byte" in body["detail"], body
     assert session.scalar(sa.select(sa.func.count()).select_from(Experiment)) == 0
+
+
+def count_rows(session: Session) -> tuple[int, int]:
+    return (session.scalar(sa.select(sa.func.count()).select_from(Experiment)),
+            session.scalar(sa.select(sa.func.count()).select_from(Job)))
+
+
+def test_a_missing_or_corrupt_dataset_file_is_a_422_naming_field_and_file(
+        settings: Settings, session: Session, tmp_path: Path, data_dir: Path) -> None:
+    """Checked at submit (headers only) rather than failing the train job when its turn comes;
+    nothing is stored. Here the API sees the workers' data folder (DRL_DATA_DIR is a folder)."""
+    data = tmp_path / "data"
+    (data / "mnist").mkdir(parents=True)
+    for stem in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1"):
+        (data / "mnist" / f"{stem}-ubyte.gz").write_bytes(b"<html>404 Not Found</html>")
+    (data / "text.npz").write_text("x_train,y_train\n1,2\n")
+    np.savez(data / "fine.npz", x_train=np.zeros((4, 16, 16), np.uint8))
+    app_settings = settings.model_copy(update={"data_dir": data})
+    with TestClient(create_app(app_settings)) as client:
+        for dataset, field, named_file in (
+                ({"name": "npz", "path": str(data / "gone.npz")}, "dataset.path", data / "gone.npz"),
+                ({"name": "npz", "path": str(data / "text.npz")}, "dataset.path", data / "text.npz"),
+                ({"name": "mnist"}, "dataset.name", data / "mnist" / "train-images-idx3-ubyte.gz"),
+                ({"name": "cifar10", "data_dir": str(tmp_path / "elsewhere")}, "dataset.data_dir",
+                 tmp_path / "elsewhere" / "cifar-10-batches-py")):
+            response = client.post("/experiments", json={**TINY_SPEC, "dataset": dataset},
+                                   headers={"Idempotency-Key": f"k-{field}-{named_file.name}"})
+            body = assert_problem(response, 422, field)
+            assert body["detail"].startswith(f"{field}: {named_file}: "), body["detail"]
+            assert "\n" not in body["detail"]
+        assert count_rows(session) == (0, 0)
+        assert submit(client, {**TINY_SPEC, "dataset": {"name": "npz", "path": str(data / "fine.npz")}})
+        assert submit(client, {**TINY_SPEC, "dataset": {"name": "mnist", "data_dir": str(data_dir)}})
+
+
+def test_the_dataset_check_runs_only_where_the_api_sees_the_workers_files(
+        settings: Settings, session: Session, tmp_path: Path) -> None:
+    """docs/DEPLOY.md's rule: embedded (no broker URL), always; with a broker, when DRL_DATA_DIR
+    is a folder on the API's machine; never with check_datasets_at_submit off. A replay of an
+    idempotent create answers with the experiment, whatever happened to its file since."""
+    from drl_core.data_paths import api_sees_worker_data
+
+    missing = {**TINY_SPEC, "dataset": {"name": "npz", "path": str(tmp_path / "gone.npz")}}
+    assert api_sees_worker_data(settings.model_copy(update={"broker_url": None, "data_dir": None}))
+    for update in ({"data_dir": None}, {"data_dir": tmp_path / "not-here"},
+                   {"data_dir": tmp_path, "check_datasets_at_submit": False}):
+        assert not api_sees_worker_data(settings.model_copy(update=update))
+        with TestClient(create_app(settings.model_copy(update=update))) as client:
+            assert client.post("/experiments", json=missing).status_code == 201
+
+    here = tmp_path / "here.npz"
+    np.savez(here, x_train=np.zeros((4, 16, 16), np.uint8))
+    spec = {**TINY_SPEC, "dataset": {"name": "npz", "path": str(here)}}
+    with TestClient(create_app(settings.model_copy(update={"data_dir": tmp_path}))) as client:
+        first = client.post("/experiments", json=spec, headers={"Idempotency-Key": "once"})
+        assert first.status_code == 201
+        here.unlink()
+        again = client.post("/experiments", json=spec, headers={"Idempotency-Key": "once"})
+        assert (again.status_code, again.json()["id"]) == (200, first.json()["id"])
+        assert_problem(client.post("/experiments", json=spec), 422, "dataset.path")
 
 
 def test_code_usage(client: TestClient, session: Session) -> None:

@@ -555,9 +555,13 @@ def test_drl_services_get_settings_that_reach_the_compose_services(name, monkeyp
     assert settings.s3_endpoint == "minio:9000"
     assert (settings.s3_access_key, settings.s3_secret_key) == (
         minio["MINIO_ROOT_USER"], minio["MINIO_ROOT_PASSWORD"])
-    if name.startswith("worker"):
-        assert settings.data_dir == Path("/data")
-        assert "/data" in [target for _, target in mounts(all_services[name])]
+    # The API too: it checks a submitted spec's dataset files where the workers will read them
+    # (the same host folder).
+    assert settings.data_dir == Path("/data")
+    data_mounts = {service: [source for source, target in mounts(all_services[service])
+                             if target == "/data"]
+                   for service in ("api", "worker", "worker-cpu")}
+    assert data_mounts[name] == data_mounts["worker"] and len(data_mounts[name]) == 1, data_mounts
 
 
 def test_api_has_auth_enabled(monkeypatch):

@@ -19,7 +19,7 @@ from api.lookups import ExperimentId, get_experiment
 from api.problems import field_error, problem_responses, spec_problem, validation_problem
 from api.schemas import ExperimentBrief, ExperimentOut, ExperimentPage, ExperimentSummary, experiment_fields
 from drl_core import experiments as service
-from drl_core.data_paths import confine_dataset_paths
+from drl_core.data_paths import check_submitted_dataset, confine_dataset_paths
 from drl_core.job_states import ExperimentStatus, experiment_status
 from drl_core.models import Experiment, Job
 from drl_engine.spec import ExperimentSpec, SpecError
@@ -62,17 +62,28 @@ def create_experiment(
     fails having saved nothing (503 when the database is down) or answers 201: a broker that
     is down leaves the training queued, and the reaper sends it once the broker is back. With auth on (a
     shared box) dataset paths must lie inside the service's data folder (422 naming them).
+    A dataset file that is missing or corrupt is a 422 naming the field (`dataset.path`,
+    `dataset.data_dir` or `dataset.name`) and the file, where the API sees the workers' data
+    folder (drl_core/data_paths.py; docs/DEPLOY.md says where that is).
     """
-    if state.settings.auth_enabled:
+    settings = state.settings
+    if settings.auth_enabled:
         try:
             spec = spec.model_copy(update={"dataset": confine_dataset_paths(
-                spec.dataset, state.settings.data_dir)})
+                spec.dataset, settings.data_dir)})
         except SpecError as err:
             raise spec_problem(err) from None
+
+    def check_dataset_files(new: ExperimentSpec) -> None:
+        try:
+            check_submitted_dataset(new.dataset, settings)
+        except SpecError as err:
+            raise spec_problem(err) from None
+
     try:
         experiment, created = service.create_experiment(
             session, spec, owner_id=user.id if user else None, idempotency_key=idempotency_key,
-            celery_app=state.celery)
+            celery_app=state.celery, check_new=check_dataset_files)
     except service.IdempotencyConflict as err:
         raise validation_problem([field_error("Idempotency-Key", str(err))]) from None
     if not created:

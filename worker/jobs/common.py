@@ -9,6 +9,7 @@ from torch import nn
 
 from drl_core.artifact_keys import ArtifactKind, checkpoint_step
 from drl_core.artifacts import ArtifactNotFound
+from drl_core.data_paths import with_data_folder
 from drl_engine.checkpoint import load_model
 from drl_engine.datasets import ImageDataset, load_dataset
 from drl_engine.device import resolve_device
@@ -24,10 +25,7 @@ def job_device(ctx: JobContext) -> torch.device:
 
 def job_dataset(ctx: JobContext) -> ImageDataset:
     """The spec's dataset; the worker's `data_dir` setting fills in a spec that names none."""
-    dataset_spec = ctx.spec.dataset
-    if dataset_spec.data_dir is None and ctx.settings.data_dir is not None:
-        dataset_spec = dataset_spec.model_copy(update={"data_dir": str(ctx.settings.data_dir)})
-    dataset = load_dataset(dataset_spec)
+    dataset = load_dataset(with_data_folder(ctx.spec.dataset, ctx.settings.data_dir))
     ctx.log(f"dataset {dataset.name}: {len(dataset.x_train)} train / {len(dataset.x_test)} test "
             f"images of shape {tuple(dataset.image_shape)}")
     return dataset
