@@ -22,26 +22,29 @@ def lenet_cache(tmp_path, monkeypatch):
 def test_cells_compare_variants_at_equal_steps_with_the_right_settings():
     budget = get_budget("full")
     cells = budget.cells()
-    # 3 seeds; digits: 4 variants; MNIST: 4 static + paper and edm time-conditioned;
-    # Fashion-MNIST: paper, edm, AE.
-    assert len(cells) == 3 * (4 + 6 + 3)
+    # 3 seeds; digits: 4 variants; MNIST: 4 static + edm at twice the steps + paper and edm
+    # time-conditioned; Fashion-MNIST: paper, edm, AE.
+    assert len(cells) == 3 * (4 + 7 + 3)
     assert {c.variant for c in cells if c.encoder == "time_conditioned"} == {"paper", "edm"}
     assert {c.seed for c in cells} == {0, 1, 2}
     specs = {c: cell_spec(budget, c) for c in cells}
-    assert {s.train.iterations for s in specs.values()} == {budget.iterations}
+    assert {s.train.iterations for c, s in specs.items() if c.variant != "edm_2x"} == {
+        budget.iterations}
+    assert {s.train.iterations for c, s in specs.items() if c.variant == "edm_2x"} == {
+        2 * budget.iterations}
     for cell, spec in specs.items():
         assert spec.train.seed == spec.evaluate.seed == spec.sample.seed == cell.seed
         assert spec.model.encoder == cell.encoder
         expected_kind = "ae" if cell.variant == "ae" else "drl"
         assert spec.model.kind == expected_kind
-        if cell.variant == "edm":
+        if cell.variant in ("edm", "edm_2x"):
             assert spec.objective.parameterization == "edm"
         if cell.variant == "window":
             assert spec.objective.t_sampling == "window"
             assert spec.train.decoder_finetune_steps > 0
         else:
             assert spec.train.decoder_finetune_steps == 0
-    assert list(VARIANTS) == ["paper", "edm", "window", "ae"]
+    assert list(VARIANTS) == ["paper", "edm", "window", "ae", "edm_2x"]
     with pytest.raises(ValueError, match="--budget"):
         get_budget("huge")
     assert set(BUDGETS) == {"tiny", "small", "full", "paper"}

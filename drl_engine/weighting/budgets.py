@@ -23,13 +23,18 @@ VARIANTS: dict[str, dict] = {
     "edm": {"objective": {"parameterization": "edm"}},
     "window": {"objective": {"t_sampling": "window", "t_lo": 0.3, "t_hi": 0.6}},
     "ae": {"model": {"kind": "ae"}},
+    # The second way to meet its target: EDM at twice the AE's steps.
+    "edm_2x": {"objective": {"parameterization": "edm"}, "steps_factor": 2},
 }
 VARIANT_LABELS = {
     "paper": "DRL, paper objective (lambda = sigma^2, uniform t)",
     "edm": "DRL, EDM preconditioning and weight (uniform t)",
     "window": "DRL, window t ~ U(0.3, 0.6), then decoder fine-tune on uniform t",
     "ae": "AE (same encoder, equal steps)",
+    "edm_2x": "DRL, EDM as above, at twice the steps of every other row",
 }
+# The variants that train at the budget's steps (the equal-steps comparison).
+EQUAL_STEP_VARIANTS = ("paper", "edm", "window", "ae")
 # The window variant's score network never saw t outside its window: after the main phase it
 # trains this fraction of the main steps more on uniform t with the encoder frozen
 # (train.decoder_finetune_steps), so its samples are drawn over the whole range.
@@ -60,7 +65,7 @@ class DatasetBudget:
     test_limit: int | None
     # The variants trained with a static encoder (the AE always is), and those also trained
     # with a time-conditioned one.
-    variants: tuple[str, ...] = tuple(VARIANTS)
+    variants: tuple[str, ...] = EQUAL_STEP_VARIANTS
     time_conditioned: tuple[str, ...] = ()
 
 
@@ -121,7 +126,8 @@ FULL_T_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 BUDGETS: dict[str, WeightingBudget] = {
     "tiny": WeightingBudget(
         name="tiny", description="test-only smoke budget (seconds; numbers mean nothing)",
-        datasets=(DatasetBudget("digits", 300, 100, time_conditioned=ALL_DRL),),
+        datasets=(DatasetBudget("digits", 300, 100, variants=tuple(VARIANTS),
+                                time_conditioned=ALL_DRL),),
         seeds=(0, 1), latent_dim=4, base_channels=4, channel_mult=(1,), num_res_blocks=1,
         dropout=0.0, iterations=4, batch_size=16, lr=1e-3, warmup=0, ema_decay=0.9,
         checkpoints=2, t_grid=(0.0, 0.5, 1.0), label_budgets=(20, 50), validation_size=40,
@@ -143,7 +149,8 @@ BUDGETS: dict[str, WeightingBudget] = {
                     "cores); small U-Nets, digits and 10k-image MNIST and Fashion-MNIST "
                     "subsets, 1500 steps, 3 seeds",
         # MNIST first: it carries the targets, so it is done first on a tight machine.
-        datasets=(DatasetBudget("mnist", 10_000, 2000, time_conditioned=("paper", "edm")),
+        datasets=(DatasetBudget("mnist", 10_000, 2000, variants=(*EQUAL_STEP_VARIANTS, "edm_2x"),
+                                time_conditioned=("paper", "edm")),
                   DatasetBudget("digits", None, None),
                   DatasetBudget("fashion_mnist", 10_000, 2000, variants=("paper", "edm", "ae"))),
         seeds=(0, 1, 2), latent_dim=8, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,

@@ -38,6 +38,7 @@ def cell_spec(budget: WeightingBudget, cell: Cell, data_dir: str | None = None,
     overrides, the cell's encoder and seed (training, label subsets, sampling)."""
     ds = budget.dataset(cell.dataset)
     variant = VARIANTS[cell.variant]
+    iterations = budget.iterations * variant.get("steps_factor", 1)
     finetune = (round(WINDOW_FINETUNE_FRACTION * budget.iterations)
                 if cell.variant == "window" else 0)
     return parse_spec({
@@ -50,7 +51,7 @@ def cell_spec(budget: WeightingBudget, cell: Cell, data_dir: str | None = None,
                   "num_res_blocks": budget.num_res_blocks, "attn_resolutions": [],
                   "dropout": budget.dropout, **variant.get("model", {})},
         "objective": variant.get("objective", {}),
-        "train": {"iterations": budget.iterations, "batch_size": budget.batch_size,
+        "train": {"iterations": iterations, "batch_size": budget.batch_size,
                   "lr": budget.lr, "warmup": budget.warmup, "ema_decay": budget.ema_decay,
                   "seed": cell.seed, "decoder_finetune_steps": finetune,
                   "checkpoint_every": max(1, budget.iterations // budget.checkpoints),
