@@ -29,6 +29,14 @@ Decisions the table encodes (the ones that are not obvious):
 - lost -> queued only while attempts remain (`attempt < max_attempts`); `transition` bumps
   `attempt`. Otherwise lost -> failed. lost -> cancelled lets a cancel request win over a
   re-queue.
+- running -> queued: the job's worker is shutting down (SIGTERM, Ctrl-C) and hands the job
+  back after saving its checkpoint (worker/shutdown.py). Nothing failed, so the attempt is not
+  counted: it keeps its number, unlike lost -> queued. That is safe although the attempt is
+  the fencing token, because the hand-back is its worker's last write for the job (its runner
+  has returned and its heartbeat has stopped), so nothing of the old run can land in the next.
+  `worker`, `heartbeat_at` and `enqueued_at` are cleared: the message that started it is
+  spent, and a new one goes out (or the reaper sends it, `resend_unsent_jobs`).
+  cancelling has no such move: a job being cancelled that is stopped is cancelled.
 - succeeded, failed and cancelled are terminal: nothing leaves them.
 """
 
@@ -67,7 +75,7 @@ S = JobStatus
 # The single authority: from-status -> the statuses it may move to.
 TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
     S.QUEUED: frozenset({S.RUNNING, S.CANCELLED, S.FAILED}),
-    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLING, S.LOST}),
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLING, S.LOST, S.QUEUED}),
     S.CANCELLING: frozenset({S.CANCELLED, S.SUCCEEDED, S.FAILED}),
     S.LOST: frozenset({S.QUEUED, S.FAILED, S.CANCELLED}),
     S.SUCCEEDED: frozenset(),
@@ -119,7 +127,8 @@ def transition(session: Session, job: Any, new_status: str, *,
 
     Also writes `fields` (e.g. error=..., worker=...), `updated_at`, and the timestamps the
     status implies: `started_at` and a first `heartbeat_at` on running, `finished_at` on a
-    terminal status; lost -> queued bumps `attempt` and clears `worker` and `heartbeat_at`.
+    terminal status; lost -> queued bumps `attempt` and clears `worker` and `heartbeat_at`;
+    running -> queued (handed back) keeps `attempt` and clears those and `enqueued_at`.
     `only_if` adds a condition on the row to the compare-and-set (the reaper's: the heartbeat
     it judged stale is still the last one). Raises IllegalTransition if the table forbids the
     move (or lost -> queued with no attempts left) and StaleTransition if the row changed
@@ -143,6 +152,8 @@ def transition(session: Session, job: Any, new_status: str, *,
         values["finished_at"] = now
     if old is S.LOST and new is S.QUEUED:
         values |= {"attempt": job_cls.attempt + 1, "worker": None, "heartbeat_at": None}
+    if old is S.RUNNING and new is S.QUEUED:
+        values |= {"worker": None, "heartbeat_at": None, "enqueued_at": None}
     values |= fields
     _compare_and_set(session, job, {old}, values, only_if)
 

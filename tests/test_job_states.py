@@ -79,6 +79,8 @@ def test_decisions_the_table_encodes() -> None:
     assert not can_transition("cancelling", "lost")  # the reaper cancels it instead
     assert can_transition("lost", "queued") and can_transition("lost", "failed")
     assert not can_transition("lost", "running")  # only through the queue again
+    assert can_transition("running", "queued")  # handed back by a worker that is stopping
+    assert not can_transition("cancelling", "queued")  # being cancelled: it is cancelled instead
     with pytest.raises(ValueError, match="'paused' is not a valid JobStatus"):
         can_transition("queued", "paused")
 
@@ -232,6 +234,22 @@ def test_timestamps_attempt_and_worker_follow_the_status(db_session: Session) ->
     assert job.finished_at >= job.started_at
     assert (job.step, job.loss, job.attempt) == (100, 0.25, 2)
     db_session.commit()
+
+
+def test_a_job_handed_back_keeps_its_attempt_and_needs_a_new_message(db_session: Session) -> None:
+    """running -> queued: its worker is shutting down and stopped it at a checkpoint. No
+    attempt is spent (a lost job's is); worker, heartbeat and the spent message are cleared."""
+    job = add_job(db_session, S.QUEUED, attempt=2, max_attempts=3)
+    db_session.execute(sa.update(Job).where(Job.id == job.id).values(enqueued_at=job.created_at))
+    transition(db_session, job, S.RUNNING, worker="gpu0@box")
+    heartbeat(db_session, job, step=40, total=100)
+    transition(db_session, job, S.QUEUED)
+    db_session.commit()
+    assert (job.status, job.attempt, job.worker, job.heartbeat_at, job.enqueued_at) == (
+        "queued", 2, None, None, None)
+    assert (job.step, job.finished_at) == (40, None)   # its progress stays until it runs again
+    transition(db_session, job, S.RUNNING, worker="gpu1@box")
+    assert (job.status, job.attempt) == ("running", 2)
 
 
 def test_cancelling_a_running_job_finishes_when_the_worker_stops(db_session: Session) -> None:
