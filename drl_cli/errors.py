@@ -6,6 +6,7 @@ import sys
 
 EXIT_USAGE = 2      # bad spec, bad file, bad argument
 EXIT_FAILED = 1     # the job itself failed
+EXIT_INTERRUPTED = 130   # 128 + SIGINT: stopped by Ctrl-C (or SIGTERM), as a shell reports it
 
 
 class CLIError(Exception):

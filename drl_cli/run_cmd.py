@@ -3,6 +3,10 @@
 Bad input stops the run before any work with one line and exit 2 (errors.py): an invalid
 spec, an --out that is a file or cannot be written, a device this machine lacks, and an --out
 whose checkpoints belong to a different spec (rerun elsewhere, or with --force to start over).
+
+Ctrl-C or SIGTERM stops training at its next step with a checkpoint (interrupts.py), says
+"interrupted at step N; checkpoint saved; rerun the same command to resume" and exits 130; the
+rerun says "resuming from step N" and its bar starts at N. A second Ctrl-C quits at once.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from tqdm import tqdm
 
-from .errors import EXIT_FAILED, CLIError
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, CLIError
 
 if TYPE_CHECKING:
     from drl_engine.spec import ExperimentSpec
@@ -43,10 +47,11 @@ def add_parser(sub) -> None:
 class TrainingBar:
     """The training progress bar, a `progress` callback of `train`.
 
-    Drawn at training's first report, not before: an error before training (a dataset, a
-    checkpoint of another run) is then the only line on stderr. Closed as soon as training
-    reports its last step, so that its elapsed time and s/step are the training's own, not
-    those of the encode, probe and sample stages after it.
+    Drawn at training's first report, or when it resumes (`resumed`, starting at the resumed
+    step, so that its rate and time left count only this run's steps), not before: an error
+    before training (a dataset, a checkpoint of another run) is then the only line on stderr.
+    Closed as soon as training reports its last step, so that its elapsed time and s/step are
+    the training's own, not those of the encode, probe and sample stages after it.
     """
 
     def __init__(self, total: int, disable: bool = False, file: TextIO | None = None) -> None:
@@ -54,6 +59,10 @@ class TrainingBar:
                          "file": file}
         self._bar: tqdm | None = None
         self.closed = False
+
+    def resumed(self, step: int) -> None:
+        if self._bar is None and not self.closed:
+            self._bar = tqdm(initial=step, **self._options)
 
     def __call__(self, progress: TrainProgress) -> None:
         if self.closed:
@@ -67,9 +76,13 @@ class TrainingBar:
         if progress.step >= progress.total:
             self.close()
 
-    def close(self) -> None:
+    def close(self, step: int | None = None) -> None:
+        """Close the bar, showing `step` if given (a run stopped between two reports)."""
         if not self.closed:
             if self._bar is not None:
+                if step is not None:
+                    self._bar.n = step
+                    self._bar.refresh()
                 self._bar.close()
             self.closed = True
 
@@ -77,8 +90,9 @@ class TrainingBar:
 def run(args: argparse.Namespace) -> int:
     # Imported here so `drl --help` and the service commands stay fast without torch.
     from drl_engine.checkpoint import ResumeError
-    from drl_engine.pipeline import run_experiment
+    from drl_engine.pipeline import RunInterrupted, run_experiment
 
+    from .interrupts import StopRequest
     from .out_dir import check_output_folder
     from .overrides import spec_with_overrides
 
@@ -90,8 +104,14 @@ def run(args: argparse.Namespace) -> int:
 
     bar = TrainingBar(spec.train.total_steps, disable=os.environ.get("DRL_NO_PROGRESS") == "1")
     try:
-        summary = run_experiment(spec, args.out, on_train_progress=bar,
-                                 log=lambda msg: tqdm.write(msg), fresh=args.force)
+        with StopRequest() as stop_requested:
+            summary = run_experiment(spec, args.out, on_train_progress=bar,
+                                     on_train_resume=bar.resumed, should_stop=stop_requested,
+                                     log=lambda msg: tqdm.write(msg), fresh=args.force)
+    except RunInterrupted as interrupted:
+        bar.close(interrupted.step)
+        print(f"drl: {interrupted}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except ResumeError as err:
         raise CLIError(f"--out {args.out} holds checkpoints of a different run: {err.reason}; "
                        "choose another --out, or add --force to discard them and start over "

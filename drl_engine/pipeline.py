@@ -277,16 +277,33 @@ def discard_previous_run(out_dir: Path) -> None:
             shutil.rmtree(out_dir / name)
 
 
+class RunInterrupted(Exception):
+    """`should_stop` ended the run; training's checkpoint at `step` is saved, and running the
+    same spec into the same folder again resumes from it."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"interrupted at step {step}; checkpoint saved; rerun the same command "
+                         "to resume")
+        self.step = step
+
+
 def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
                    on_train_progress: Callable[[TrainProgress], None] | None = None,
+                   on_train_resume: Callable[[int], None] | None = None,
+                   should_stop: Callable[[], bool] | None = None,
                    log: Log = print, dataset: ImageDataset | None = None,
                    on_checkpoint_model: Callable[[torch.nn.Module, int], None] | None = None,
                    fresh: bool = False) -> RunSummary:
     """Every stage into `out_dir` (the module docstring lists the files). `on_checkpoint_model`
     (e.g. a study's learning curve) is called at every checkpoint with the EMA model, after
     the code-usage diagnostic. Training resumes from `out_dir`'s last checkpoint (of the same
-    spec, else checkpoint.ResumeError) unless `fresh`, which first discards the earlier run's
-    PREVIOUS_RUN_FOLDERS."""
+    spec, else checkpoint.ResumeError; logged as "resuming from step N", and
+    `on_train_resume(N)` called) unless `fresh`, which first discards the earlier run's
+    PREVIOUS_RUN_FOLDERS.
+
+    `should_stop` is polled before every training step, where stopping saves a checkpoint, and
+    between the stages after training (none of them is resumable midway; a rerun does them
+    again from the final checkpoint); either way RunInterrupted is raised."""
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
     device = resolve_device(spec.train.device)
@@ -305,10 +322,22 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
     code_usage = CodeUsageTracker(spec, ds, device)
     if code_usage.skip_reason is not None:
         log(f"code-usage diagnostic skipped: {code_usage.skip_reason}")
+    def resumed(path: Path, step: int) -> None:
+        log(f"resuming from step {step} of {spec.train.total_steps} ({path})")
+        if on_train_resume is not None:
+            on_train_resume(step)
+
     start = time.perf_counter()
     result = train(spec, ds, out_dir / "checkpoints", progress=on_train_progress, device=device,
+                   should_stop=should_stop, on_resume=resumed,
                    on_checkpoint_model=chain_callbacks(code_usage.callback, on_checkpoint_model))
     timings["train_s"] = time.perf_counter() - start - code_usage.seconds
+
+    def stop_if_asked() -> None:
+        if result.stopped or (should_stop is not None and should_stop()):
+            raise RunInterrupted(result.step)
+
+    stop_if_asked()
     model = result.model
     entry = kind_entry(spec.model.kind)
     final_usage = code_usage.finish(model, result.step)
@@ -320,6 +349,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
 
     bits = None
     if entry.reports_bits_per_dim:
+        stop_if_asked()
         start = time.perf_counter()
         bits = bits_per_dim_report(model, spec, ds.x_test, device)
         timings["bits_per_dim_s"] = time.perf_counter() - start
@@ -330,6 +360,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
     encodings: dict[str, dict[str, Encodings]] = {}
     table = None
     if has_encoder(spec.model.kind):
+        stop_if_asked()
         start = time.perf_counter()
         encoders = {TRAINED: model, RANDOM_INIT: untrained_model(spec, ds).to(device)}
         for encoder, net in encoders.items():
@@ -344,6 +375,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
         log(f"model.kind {spec.model.kind!r} has no encoder: encode and probe stages skipped")
 
     if encodings and ds.y_train is not None and ds.y_test is not None:
+        stop_if_asked()
         start = time.perf_counter()
         table = probe_sweep(probe_pairs(encodings[TRAINED]), ds.y_train.cpu().numpy(),
                             ds.y_test.cpu().numpy(), spec.evaluate,
@@ -356,6 +388,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
     elif encodings:
         log("no labels in this dataset: probes skipped")
 
+    stop_if_asked()
     start = time.perf_counter()
     sample_spec = generation_sample_spec(spec)
     gen = reconstructions = labels = None

@@ -120,6 +120,7 @@ def train(spec: ExperimentSpec, dataset: ImageDataset, checkpoint_dir: Path | No
           should_stop: Callable[[], bool] | None = None,
           on_checkpoint: Callable[[Path, int], None] | None = None,
           on_checkpoint_model: Callable[[nn.Module, int], None] | None = None,
+          on_resume: Callable[[Path, int], None] | None = None,
           device: torch.device | None = None) -> TrainResult:
     """Train (or resume training) the spec's model kind for `spec.train.total_steps` steps in
     total: `train.iterations`, then `train.decoder_finetune_steps` with the encoder frozen.
@@ -129,9 +130,11 @@ def train(spec: ExperimentSpec, dataset: ImageDataset, checkpoint_dir: Path | No
     fields), writes `ckpt_{step:08d}.pt` every `train.checkpoint_every` steps, at the end and
     when stopped, keeps the newest two, and calls `on_checkpoint(path, step)` after each,
     then `on_checkpoint_model(model, step)` with the EMA weights in eval mode (an evaluation
-    at every checkpoint; `with_ema_weights` keeps it from changing the run).
-    `should_stop` is polled before every step; when it returns True the run saves and
-    returns with `stopped=True`.
+    at every checkpoint; `with_ema_weights` keeps it from changing the run). `on_resume(path,
+    step)` is called once a checkpoint has been restored, before the first step.
+    `should_stop` is polled before every step; when it returns True the run saves a checkpoint
+    (without `on_checkpoint_model`: an evaluation would only delay the stop someone asked
+    for) and returns with `stopped=True`.
     """
     cfg = spec.train
     device = resolve_device(cfg.device) if device is None else torch.device(device)
@@ -154,9 +157,11 @@ def train(spec: ExperimentSpec, dataset: ImageDataset, checkpoint_dir: Path | No
     last_checkpoint = latest_checkpoint(checkpoint_dir)
     if last_checkpoint is not None:
         state.restore(load_checkpoint(last_checkpoint, map_location=device), last_checkpoint)
+        if on_resume is not None:
+            on_resume(last_checkpoint, state.step)
     saved_step = state.step if last_checkpoint is not None else None
 
-    def checkpoint() -> None:
+    def checkpoint(evaluate: bool = True) -> None:
         nonlocal last_checkpoint, saved_step
         if checkpoint_dir is None or saved_step == state.step:
             return
@@ -164,7 +169,7 @@ def train(spec: ExperimentSpec, dataset: ImageDataset, checkpoint_dir: Path | No
         saved_step = state.step
         if on_checkpoint is not None:
             on_checkpoint(last_checkpoint, state.step)
-        if on_checkpoint_model is not None:
+        if evaluate and on_checkpoint_model is not None:
             with_ema_weights(on_checkpoint_model, model, state.ema, state.step, device)
 
     x_train = dataset.x_train.to(device)
@@ -215,7 +220,7 @@ def train(spec: ExperimentSpec, dataset: ImageDataset, checkpoint_dir: Path | No
             checkpoint()
 
     if stopped:
-        checkpoint()
+        checkpoint(evaluate=False)
     state.ema.copy_to(model)
     model.eval()
     return TrainResult(model=model, step=state.step, stopped=stopped,

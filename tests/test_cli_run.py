@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -327,3 +330,85 @@ def test_submit_overrides_are_drl_runs(tmp_path):
     assert "objective" not in sent and "lr" not in sent["train"]
     proc = run_cli("submit", str(spec_file), "--set", "model.latent_dim=0", "--url", "http://127.0.0.1:9")
     assert_one_error_line(proc, "model.latent_dim")
+
+
+def unlabelled_digits_npz(path: Path, n: int = 200) -> Path:
+    """Digits images without labels: a run that skips probes and FD-LeNet, so it is quick."""
+    from drl_engine.datasets.digits import digits_images
+
+    np.savez(path, x_train=digits_images()[0][:n, 0])
+    return path
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes_bit_for_bit(tmp_path):
+    """SIGINT mid-training: a checkpoint at the step it reached (not the last periodic one),
+    one line and exit 130; the rerun says where it resumes and ends with exactly the weights
+    of a run never interrupted."""
+    import torch
+
+    from drl_engine.checkpoint import latest_checkpoint, load_checkpoint
+    from drl_engine.datasets import load_dataset
+    from drl_engine.spec import load_spec
+    from drl_engine.trainer import train
+
+    spec_file = write_spec(
+        tmp_path / "spec.yaml",
+        dataset={"name": "npz", "path": str(unlabelled_digits_npz(tmp_path / "digits.npz"))},
+        train={**TINY["train"], "iterations": 200, "checkpoint_every": 10},
+        evaluate={"t_grid": [0.5], "code_usage_images": 0},
+        sample={"sampler": "euler_maruyama", "steps": 2, "count": 2})
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DRL_NO_PROGRESS": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "drl_cli.main", "run", str(spec_file),
+                              "--out", str(out)], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoints" / "ckpt_00000010.pt").exists():   # training is under way
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.02)
+    first.send_signal(signal.SIGINT)
+    _, stderr = first.communicate(timeout=120)
+
+    assert first.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    stopped = re.fullmatch(r"drl: interrupted at step (\d+); checkpoint saved; rerun the same "
+                           r"command to resume", stderr.strip().splitlines()[-1])
+    assert stopped, stderr
+    step = int(stopped.group(1))
+    assert 10 <= step < 200
+    assert latest_checkpoint(out / "checkpoints").name == f"ckpt_{step:08d}.pt"
+    assert not (out / "metrics.json").exists()
+
+    rerun = run_cli("run", str(spec_file), "--out", str(out))
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resuming from step {step} of 200" in rerun.stdout
+
+    spec = load_spec(spec_file)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # as the subprocesses ran
+    try:
+        train(spec, load_dataset(spec.dataset), tmp_path / "uninterrupted")
+    finally:
+        torch.set_num_threads(threads)
+    resumed = load_checkpoint(out / "checkpoints" / "ckpt_00000200.pt")
+    reference = load_checkpoint(tmp_path / "uninterrupted" / "ckpt_00000200.pt")
+    for name, weights in (("model", lambda c: c["model"]), ("ema", lambda c: c["ema"]["shadow"])):
+        expected, got = weights(reference), weights(resumed)
+        assert list(got) == list(expected) and expected, name
+        assert all(torch.equal(got[k], v) for k, v in expected.items()), name
+
+
+def test_the_training_bar_of_a_resumed_run_starts_at_its_step():
+    import io
+
+    from drl_cli.run_cmd import TrainingBar
+    from drl_engine.trainer import TrainProgress
+
+    stream = io.StringIO()
+    bar = TrainingBar(200, file=stream)
+    bar.resumed(120)
+    assert "120/200" in stream.getvalue()
+    bar(TrainProgress(step=130, total=200, loss=1.0, images_per_s=10.0, lr=1e-3))
+    assert "130/200" in stream.getvalue()
+    bar.close()

@@ -182,12 +182,21 @@ def test_should_stop_saves_and_returns_at_the_next_step(digits: ImageDataset, tm
         return calls > 3
 
     seen: list[tuple[Path, int]] = []
+    evaluated: list[int] = []
     result = train(tiny_spec(iterations=50), digits, tmp_path,
-                   should_stop=stop_after_three, on_checkpoint=lambda p, s: seen.append((p, s)))
+                   should_stop=stop_after_three, on_checkpoint=lambda p, s: seen.append((p, s)),
+                   on_checkpoint_model=lambda model, step: evaluated.append(step))
     assert result.stopped and result.step == 3 and calls == 4
     assert result.last_checkpoint == checkpoint_path(tmp_path, 3) == latest_checkpoint(tmp_path)
     assert seen == [(result.last_checkpoint, 3)]
     assert load_checkpoint(result.last_checkpoint)["step"] == 3
+    # An evaluation at the checkpoint a stop saves would only delay the stop someone asked for.
+    assert evaluated == []
+
+    resumed_at: list[tuple[Path, int]] = []
+    again = train(tiny_spec(iterations=5), digits, tmp_path,
+                  on_resume=lambda path, step: resumed_at.append((path, step)))
+    assert resumed_at == [(checkpoint_path(tmp_path, 3), 3)] and again.step == 5
 
 
 def test_checkpoint_model_callback_sees_the_ema_weights_and_changes_nothing(
