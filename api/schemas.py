@@ -43,7 +43,8 @@ class JobOut(BaseModel):
     experiment_id: int
     kind: str
     status: str
-    attempt: int = Field(description="1 for the first run; a lost job is retried with attempt + 1")
+    attempt: int = Field(description="1 for the first run; a lost job is retried with attempt + 1 "
+                                     "(one handed back by a worker that was stopped keeps it)")
     max_attempts: int
     queue: str
     params: dict[str, Any]

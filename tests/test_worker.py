@@ -360,6 +360,37 @@ def test_killed_worker_is_reaped_and_a_new_one_resumes(service: ServiceHarness) 
     assert sum(r.kind == "embedding" for r in rows) == 2 * len(T_GRID)
 
 
+def test_a_stopped_worker_hands_its_job_back_without_spending_an_attempt(
+        service: ServiceHarness) -> None:
+    """SIGTERM (docker compose stop): the training stops at its next step, its checkpoint there
+    is stored, the job is queued again at the same attempt, and the next worker resumes it from
+    that checkpoint at once (was: the worker killed after its grace period, the job reaped after
+    heartbeat_timeout_s, an attempt spent, and up to checkpoint_every steps lost)."""
+    spec = tiny_spec(train={"iterations": 100_000, "log_every": 2, "checkpoint_every": 100_000})
+    exp_id = create(service, spec)
+    train_id = service.jobs(exp_id)[0].id
+    service.worker  # noqa: B018
+    wait_for(lambda: (service.job(train_id).step or 0) >= 4, 60, "training to report progress")
+
+    stopped = service.terminate_worker()
+    job = service.job(train_id)
+    assert (job.status, job.attempt, job.worker, job.heartbeat_at) == ("queued", 1, None, None)
+    assert "handed back to the queue" in job.log_tail[-1], job.log_tail
+    (checkpoint,) = [r.key for r in artifact_rows(service, exp_id) if r.kind == "checkpoint"]
+    saved_step = checkpoint_step(checkpoint)
+    assert saved_step >= 4   # where it stopped: no periodic checkpoint was due
+    assert "sent the messages of handed-back jobs [%d] again" % train_id in stopped.log_text()
+
+    service.worker  # noqa: B018 - a new worker takes the message at once, no reaper involved
+    wait_for(lambda: any(f"attempt 1: resuming from checkpoint step {saved_step}" in line
+                         for line in service.job(train_id).log_tail or []), 60,
+             "the next worker to resume the job")
+    assert service.job(train_id).attempt == 1
+    with service.sessions() as session:
+        cancel_experiment(session, session.get(Experiment, exp_id))
+    wait_for(lambda: service.job(train_id).status == "cancelled", 30, "the training to stop")
+
+
 # --- the reaper, without a worker --------------------------------------------------------
 
 

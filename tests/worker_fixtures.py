@@ -12,7 +12,8 @@ conftest). What a module gets:
 - `service`: a `ServiceHarness` on those settings: sessions, the store, the producer's
   Celery app, and `service.worker`, a worker subprocess started on first use and shared by
   the module's tests (`kill_worker()` SIGKILLs it; the next `service.worker` starts a new
-  one). Its log: `service.worker.log_text()`.
+  one; `terminate_worker()` SIGTERMs it, Celery's warm shutdown). Its log:
+  `service.worker.log_text()`.
 
 The worker command is the contract's: `celery -A worker.celery_app:celery_app worker -Q
 gpu,cpu --concurrency 1 --prefetch-multiplier 1 --pool prefork`, configured by DRL_*
@@ -155,6 +156,20 @@ class WorkerProcess:
             pass
         self.process.wait(timeout=30)
 
+    def terminate(self, timeout: float = 30.0) -> float:
+        """SIGTERM to the worker's main process alone, as `docker compose stop` sends it (Celery's
+        warm shutdown); waits for it to exit and returns how long that took."""
+        assert self.process is not None
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"the worker did not stop within {timeout:.0f} s of SIGTERM:\n"
+                        f"{self.log_text()[-3000:]}", pytrace=False)
+        return time.monotonic() - started
+
     def stop(self, timeout: float = 15.0) -> None:
         """Cold shutdown (SIGQUIT: running jobs are not waited for), SIGKILL if it hangs."""
         if not self.alive:
@@ -198,6 +213,13 @@ class ServiceHarness:
         """SIGKILL the current worker; the next `worker` access starts a new one."""
         worker = self.worker
         worker.kill()
+        self._worker = None
+        return worker
+
+    def terminate_worker(self) -> WorkerProcess:
+        """SIGTERM the current worker and wait for it; the next `worker` access starts a new one."""
+        worker = self.worker
+        worker.terminate()
         self._worker = None
         return worker
 

@@ -53,18 +53,28 @@ class JobLost(Exception):
     """The job is no longer this worker's (reaped, re-queued, deleted): stop, write nothing."""
 
 
+class WorkerStopping(Exception):
+    """This worker is shutting down (worker/shutdown.py): the runner stopped (a training after
+    saving and uploading its checkpoint) so that the job goes back to the queue."""
+
+
 class WorkerResources:
     """A process's database engine, session factory and artifact store.
 
     One per process: a forked pool process must not share its parent's connections, so each
     builds its own (worker/tasks.py makes them at `worker_process_init`). The engine connects
     lazily; the store is built on first use (an S3 store contacts its endpoint).
+    `stop_requested` is set when the worker is shutting down (worker/shutdown.py): the job this
+    process runs stops and is handed back; `handed_back` lists those jobs, whose messages go
+    out as the process exits.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.engine = make_engine(settings.resolved_database_url)
         self.sessions = session_factory(self.engine)
+        self.stop_requested = threading.Event()
+        self.handed_back: list[int] = []
         self._store: ArtifactStore | None = None
         self._lock = threading.Lock()
 
@@ -206,8 +216,10 @@ class JobContext:
     # -- stopping ------------------------------------------------------------------------
 
     def should_stop(self) -> bool:
-        """For the trainer: stop when a cancel was requested or the job was taken away."""
-        return self.heartbeat.cancel_requested.is_set() or self.heartbeat.lost.is_set()
+        """For the trainer: stop when a cancel was requested, the job was taken away, or the
+        worker is shutting down."""
+        return (self.heartbeat.cancel_requested.is_set() or self.heartbeat.lost.is_set()
+                or self.resources.stop_requested.is_set())
 
     def ensure_held(self) -> None:
         """Raise JobLost if the heartbeat already knows the job is no longer ours: a cheap
@@ -238,10 +250,13 @@ class JobContext:
             raise self._lost()
 
     def check(self) -> None:
-        """Raise JobLost or JobCancelled if the runner must stop."""
+        """Raise JobLost, JobCancelled or WorkerStopping (in that order: a job that is not ours
+        is not handed back, a cancel wins over a hand-back) if the runner must stop."""
         self.ensure_held()
         if self.heartbeat.cancel_requested.is_set():
             raise JobCancelled(f"job {self.job_id} cancelled")
+        if self.resources.stop_requested.is_set():
+            raise WorkerStopping(f"job {self.job_id}: the worker is shutting down")
 
     def progress_check(self) -> Callable[[int, int], None]:
         """An engine `progress(done, total)` callback that stops the run when it must."""

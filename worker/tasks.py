@@ -10,6 +10,9 @@
        an exception -> failed, with a one-line error and the traceback's last lines in the
        log tail, and its queued downstream jobs failed with "upstream <kind> job N failed";
        a cancel -> cancelled (downstream jobs cancelled);
+       the worker shutting down (worker/shutdown.py) -> handed back: queued at the same
+       attempt (a training has saved and uploaded its checkpoint), its message sent again as
+       the pool process exits (`send_handed_back`);
        the job taken away meanwhile (reaped, re-queued, deleted) -> write nothing more.
 
 Per process: every pool process builds its own database engine and artifact store at
@@ -32,7 +35,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from drl_core.artifact_keys import experiment_prefix
-from drl_core.dispatch import release_dependents, settle_downstream
+from drl_core.dispatch import release_dependents, send_or_leave_to_reaper, settle_downstream
 from drl_core.fencing import fenced_session
 from drl_core.job_states import (
     HELD_BY_WORKER,
@@ -45,9 +48,11 @@ from drl_core.models import Experiment, Job
 from drl_core.queue import TASK_RUN_JOB
 from drl_core.settings import get_settings
 from drl_engine.spec import ExperimentSpec
-from worker.context import Heartbeat, JobCancelled, JobContext, JobLost, WorkerResources
+from worker.context import (Heartbeat, JobCancelled, JobContext, JobLost, WorkerResources,
+                            WorkerStopping)
 from worker.jobs import runner_for
 from worker.reaper import Reaper
+from worker.shutdown import stop_on_sigint
 
 logger = logging.getLogger("drl.worker")
 
@@ -88,8 +93,9 @@ def traceback_tail(exc: BaseException) -> list[str]:
 def run_job(job_id: int, resources: WorkerResources | None = None,
             celery_app: Celery | None = None) -> str:
     """Run job `job_id` if it is queued and ready; returns what happened: succeeded, failed,
-    cancelled, lost (taken away mid-run), skipped (not queued: nothing done), waiting (its
-    dependency has not succeeded: left queued) or missing (no such job)."""
+    cancelled, handed back (queued again: this worker is shutting down), lost (taken away
+    mid-run), skipped (not queued: nothing done), waiting (its dependency has not succeeded:
+    left queued) or missing (no such job)."""
     resources = resources or process_resources()
     with resources.sessions() as session:
         job = session.get(Job, job_id)
@@ -143,13 +149,24 @@ def _run_held_job(session: Session, job: Job, resources: WorkerResources,
         outcome = None
     except JobCancelled:
         outcome = JobStatus.CANCELLED
+    except WorkerStopping:
+        outcome = JobStatus.QUEUED
+        log_lines = [f"attempt {attempt}: the worker is shutting down; handed back to the queue "
+                     "(the next worker resumes from the last checkpoint)"]
     except Exception as exc:
         outcome, error = JobStatus.FAILED, exc
         fields["error"] = one_line_error(exc)
         log_lines = traceback_tail(exc)
-    heartbeat.stop()   # flush the last progress and log lines before the final status
+    # Flush the last progress and log lines before the final status.
+    heartbeat_stopped = heartbeat.stop()
     session.rollback()
 
+    if outcome is JobStatus.QUEUED and not heartbeat_stopped:
+        # The hand-back keeps the attempt, so it must be this run's last write: with a
+        # heartbeat thread still hanging in the database it might not be. The reaper takes it.
+        logger.warning("job %s: not handed back (its heartbeat thread is stuck); the reaper "
+                       "re-queues it", job_id)
+        return "lost"
     finished = None if outcome is None else _finish(session, job_id, attempt, outcome,
                                                     log_lines, **fields)
     if finished is None:
@@ -158,29 +175,40 @@ def _run_held_job(session: Session, job: Job, resources: WorkerResources,
         return "lost"
     if error is not None:
         logger.error("job %s (%s) failed: %s", job_id, kind, fields["error"], exc_info=error)
-    if outcome == JobStatus.SUCCEEDED:
+    if finished.status == JobStatus.QUEUED:
+        resources.handed_back.append(job_id)
+        resources.stop_requested.clear()   # served: a stray SIGINT costs one hand-back, no more
+        logger.info("job %s handed back at attempt %s (the worker is shutting down); its message "
+                    "goes out as this process exits", job_id, attempt)
+        return "handed back"
+    if finished.status == JobStatus.SUCCEEDED:
         released = release_dependents(session, finished, celery_app)
         logger.info("job %s succeeded; enqueued %s", job_id, released or "nothing")
     else:
         settled = settle_downstream(session, finished)
         session.commit()
-        logger.info("job %s %s; downstream %s settled", job_id, outcome, settled or "none")
-    return outcome.value
+        logger.info("job %s %s; downstream %s settled", job_id, finished.status,
+                    settled or "none")
+    return finished.status
 
 
 def _finish(session: Session, job_id: int, attempt: int, outcome: JobStatus,
             log_lines: list[str], **fields: Any) -> Job | None:
     """Move the job this worker holds (running or cancelling, at `attempt`) to `outcome`;
-    None if it is no longer ours."""
+    None if it is no longer ours. A job being cancelled is not handed back: it is cancelled
+    (the user asked it to stop; its checkpoint is stored all the same)."""
     for _ in range(_FINISH_RETRIES):
         job = session.get(Job, job_id, populate_existing=True)
         if job is None or job.attempt != attempt or job.status not in HELD_BY_WORKER:
             return None
+        target = outcome
+        if outcome is JobStatus.QUEUED and job.status == JobStatus.CANCELLING:
+            target = JobStatus.CANCELLED
         extra = dict(fields)
         if log_lines:
             extra["log_tail"] = job.tail_with(log_lines)
         try:
-            transition(session, job, outcome, **extra)
+            transition(session, job, target, **extra)
             session.commit()
             return job
         except StaleTransition:
@@ -211,8 +239,10 @@ def register(app: Celery) -> None:
               autoretry_for=(OperationalError,), retry_backoff=True, retry_backoff_max=60,
               max_retries=10)
     def run_job_task(self, job_id: int) -> str:
+        resources = process_resources()
+        stop_on_sigint(resources.stop_requested)   # a stopping worker hands this job back
         # The database unreachable before the job started: retry later (a new message).
-        return run_job(job_id, process_resources(), celery_app=self.app)
+        return run_job(job_id, resources, celery_app=self.app)
 
 
 @worker_process_init.connect
@@ -227,12 +257,35 @@ def _on_process_init(**_: Any) -> None:
                      _resources.settings.heartbeat_timeout_s, celery_app).start()
 
 
+def send_handed_back(resources: WorkerResources, celery_app: Celery) -> list[int]:
+    """Send again the messages of the jobs this process handed back (still queued); their ids.
+
+    Not at the hand-back itself: the stopping worker still consumes messages until its event
+    loop ends (up to a few seconds into its warm shutdown) and would take the job straight
+    back. A pool process exits after that. Should it be killed first, the job stays queued
+    without a message, and a reaper sends one (`resend_unsent_jobs`, after `unsent_grace_s`).
+    """
+    sent = []
+    with resources.sessions() as session:
+        for job_id in resources.handed_back:
+            job = session.get(Job, job_id)
+            if job is not None and job.status == JobStatus.QUEUED and job.enqueued_at is None:
+                if send_or_leave_to_reaper(job, celery_app):
+                    sent.append(job_id)
+    resources.handed_back.clear()
+    return sent
+
+
 @worker_process_shutdown.connect
 def _on_process_shutdown(**_: Any) -> None:
     if _reaper is not None:
         _reaper.stop()
     if _resources is not None:
         try:
+            if _resources.handed_back:
+                from worker.celery_app import celery_app
+                logger.info("sent the messages of handed-back jobs %s again",
+                            send_handed_back(_resources, celery_app))
             _resources.dispose()
         except SQLAlchemyError:
-            pass
+            logger.exception("handed-back jobs %s: left to the reaper", _resources.handed_back)

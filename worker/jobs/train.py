@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +70,9 @@ def run(ctx: JobContext) -> None:
                    progress=lambda p: record_progress(ctx, p),
                    should_stop=ctx.should_stop,
                    on_checkpoint=lambda path, step: upload_checkpoint(ctx, path, step),
-                   on_checkpoint_model=measure_unless_stopping(ctx, code_usage))
+                   on_checkpoint_model=code_usage.callback)
     if result.stopped:
-        ctx.check()   # raises JobCancelled or JobLost: whichever made should_stop true
+        ctx.check()   # raises JobLost, JobCancelled or WorkerStopping: what made should_stop true
     code_usage.finish(result.model, result.step)
     ctx.heartbeat.report(step=result.step, total=ctx.spec.train.total_steps)
     ctx.log(f"trained {result.step} steps on {device}; final loss {result.final_loss}")
@@ -125,20 +124,6 @@ def record_bits_per_dim(ctx: JobContext, model: nn.Module, x_test: torch.Tensor,
         MetricPoint.experiment_id == ctx.experiment_id, MetricPoint.key.in_(BITS_PER_DIM_KEYS)))
     ctx.record_metrics(step, {key: float(bits[term]) for key, term in BITS_PER_DIM_KEYS.items()})
     ctx.log(f"{describe_bits_per_dim(bits)} ({bits['images']} images)")
-
-
-def measure_unless_stopping(ctx: JobContext, tracker: CodeUsageTracker
-                            ) -> Callable[[nn.Module, int], None] | None:
-    """The tracker's checkpoint callback, skipped at the checkpoint a cancelled (or lost) run
-    saves on its way out, so stopping does not wait for a measurement nobody records."""
-    measure = tracker.callback
-    if measure is None:
-        return None
-
-    def at_checkpoint(model: nn.Module, step: int) -> None:
-        if not ctx.should_stop():
-            measure(model, step)
-    return at_checkpoint
 
 
 def record_code_usage(ctx: JobContext, usage: CodeUsage) -> None:
