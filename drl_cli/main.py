@@ -14,7 +14,7 @@ from . import token_cmd
 from . import reproduce_cmd
 from . import vdm_study_cmd
 from . import weighting_study_cmd
-from .errors import EXIT_USAGE, CLIError, fail
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, CLIError, fail
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
 
@@ -46,15 +46,19 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except CLIError as err:  # first: the client commands' errors need no engine import
         fail(str(err), err.code)
-    except user_errors() as err:
-        fail(str(err), getattr(err, "code", EXIT_USAGE))
     except KeyboardInterrupt:
-        fail("interrupted", 130)
+        fail("interrupted", EXIT_INTERRUPTED)
     except BrokenPipeError:
         # The reader went away (`drl status | head`): stop quietly, as other commands do.
         # stdout goes to /dev/null so the interpreter's final flush cannot fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+    except Exception as err:
+        # Asked only now: user_errors() imports the engine (torch, seconds), which an exit
+        # by SystemExit or Ctrl-C (drl serve stopping) must not wait for.
+        if isinstance(err, user_errors()):
+            fail(str(err), getattr(err, "code", EXIT_USAGE))
+        raise
     return 0
 
 

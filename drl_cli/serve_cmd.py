@@ -3,14 +3,18 @@
 One command runs it all on this machine: the Alembic migrations on the SQLite database under
 --home, a worker process (`drl worker`, Celery over the filesystem transport under --home),
 and the API (uvicorn) in this process. The worker lives exactly as long as the API: Ctrl-C or
-SIGTERM stops the API, then the worker; if the worker dies, the API stops too (an API
-without a worker would accept jobs that never run).
+SIGTERM stops both; if the worker dies, the API stops too (an API without a worker would
+accept jobs that never run).
 
-Stopping the worker: SIGTERM first (Celery's warm shutdown: a short job may finish), then
-SIGQUIT (cold shutdown: the running job is abandoned; it is reaped and resumed from its last
-checkpoint by the next worker), then SIGKILL to the worker's whole process group, so that no
-pool process outlives `drl serve`. On Linux the worker also gets SIGQUIT if `drl serve` is
-killed outright (PR_SET_PDEATHSIG).
+Stopping (`WorkerStop`), within STOP_TIMEOUT_S of the first Ctrl-C or SIGTERM: the worker gets
+SIGTERM at once, while the API shuts down: Celery's warm shutdown, in which its running job
+stops at its next step, saves and uploads a checkpoint and goes back to the queue without
+spending an attempt (worker/shutdown.py); the next `drl serve` resumes it at once. Whatever is
+left of the worker's process group at the deadline is killed (SIGKILL), so no pool process
+outlives `drl serve` (Celery itself spends seconds in fixed waits after its job is back,
+~7 s here). A second Ctrl-C or SIGTERM kills the worker and exits at once; its running job, if
+any, is then reaped after heartbeat_timeout_s and resumed on a new attempt. On Linux the
+worker also gets SIGQUIT if `drl serve` is killed outright (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -23,14 +27,18 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import uvicorn
 
-from .errors import EXIT_FAILED, CLIError
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, CLIError
 
-WARM_SHUTDOWN_S = 10.0   # an idle worker needs ~7 s to stop on the filesystem transport
-COLD_SHUTDOWN_S = 10.0   # Celery terminating its pool
+# From the first Ctrl-C or SIGTERM to SIGKILL of the worker's group: time for a running job to
+# hand itself back (a step, a checkpoint written and stored) within the 10 s a user waits.
+STOP_TIMEOUT_S = 8.0
+# How long the API waits for open connections (a client's keep-alive) once it stops.
+API_SHUTDOWN_S = 3
 PR_SET_PDEATHSIG = 1
 
 
@@ -64,17 +72,20 @@ def serve(args: argparse.Namespace) -> int:
     settings = Settings()
     upgrade_database(settings.resolved_database_url)
 
-    server = _AnnouncingServer(uvicorn.Config(create_app(settings), host=args.host, port=args.port,
-                                              log_level="info"))
-    stopping, worker_died = threading.Event(), threading.Event()
+    server = _ServeServer(uvicorn.Config(create_app(settings), host=args.host, port=args.port,
+                                         log_level="info", timeout_graceful_shutdown=API_SHUTDOWN_S))
+    worker_died = threading.Event()
     worker: subprocess.Popen | None = None
+    worker_stop = WorkerStop()
+    server.on_first_signal, server.on_second_signal = worker_stop.request, worker_stop.kill_and_exit
     # SIGTERM as an exception (as Ctrl-C already is), so `finally` always stops the worker;
     # uvicorn handles both while it serves, then raises them again when it has shut down.
     previous = signal.signal(signal.SIGTERM, _raise_system_exit)
     try:
         if not args.no_worker:
-            worker = start_worker()
-            threading.Thread(target=_stop_server_if_worker_dies, args=(worker, server, stopping, worker_died),
+            worker = worker_stop.worker = start_worker()
+            threading.Thread(target=_stop_server_if_worker_dies,
+                             args=(worker, server, worker_stop, worker_died),
                              name="worker-watch", daemon=True).start()
         server.banner = (f"drl: serving http://{args.host}:{args.port} (API docs at /docs), data in "
                          f"{settings.home}" + (f", worker pid {worker.pid}" if worker else ""))
@@ -82,11 +93,10 @@ def serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        stopping.set()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C must not cut the cleanup short
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if worker is not None:
-            stop_worker(worker)
+        # While the worker hands its job back, another Ctrl-C or SIGTERM means "now".
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: worker_stop.kill_and_exit())
+        worker_stop.finish()
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, previous)
     if worker_died.is_set():
@@ -112,15 +122,25 @@ def check_address_free(host: str, port: int) -> None:
                            f"({err.strerror.lower() if err.strerror else err})") from None
 
 
-class _AnnouncingServer(uvicorn.Server):
-    """Prints `banner` once the socket is bound, so the URL is only shown when it answers."""
+class _ServeServer(uvicorn.Server):
+    """uvicorn's server that prints `banner` once the socket is bound (so the URL is only
+    shown when it answers) and tells `drl serve` of a stop signal as soon as it arrives:
+    `on_first_signal` while the API begins its shutdown, `on_second_signal` for another."""
 
     banner = ""
+    on_first_signal = staticmethod(lambda: None)
+    on_second_signal = staticmethod(lambda: None)
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)
         if self.started and self.banner:
             print(self.banner, flush=True)
+
+    def handle_exit(self, sig: int, frame) -> None:
+        if self.should_exit:
+            self.on_second_signal()
+        super().handle_exit(sig, frame)
+        self.on_first_signal()
 
 
 def _raise_system_exit(signum: int, _frame) -> None:
@@ -147,29 +167,66 @@ def start_worker() -> subprocess.Popen:
                             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 
 
-def stop_worker(worker: subprocess.Popen) -> int | None:
-    """Stop the worker and every process of its group; returns its exit code."""
-    for sig, wait_s in ((signal.SIGTERM, WARM_SHUTDOWN_S), (signal.SIGQUIT, COLD_SHUTDOWN_S)):
-        if worker.poll() is not None:
-            break
+class WorkerStop:
+    """Stops `worker` (once set) within STOP_TIMEOUT_S of `request`: see the module docstring."""
+
+    def __init__(self, worker: subprocess.Popen | None = None) -> None:
+        self.worker = worker
+        self.deadline: float | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.deadline is not None
+
+    def request(self) -> None:
+        """SIGTERM, once: Celery's warm shutdown, in which the running job is handed back."""
+        if self.requested:
+            return
+        self.deadline = time.monotonic() + STOP_TIMEOUT_S
+        if self.worker is not None and self.worker.poll() is None:
+            try:
+                self.worker.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def finish(self) -> int | None:
+        """`request`, wait for the worker until the deadline, then SIGKILL whatever is left of
+        its process group; the worker's exit code (None without a worker)."""
+        self.request()
+        if self.worker is None:
+            return None
         try:
-            worker.send_signal(sig)
-            worker.wait(wait_s)
+            self.worker.wait(max(0.0, self.deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            continue
-    # Whatever is left of the group (the worker itself if it ignored both, or pool processes
-    # that outlived it): killed, so nothing is orphaned.
-    try:
-        os.killpg(worker.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    return worker.wait()
+            pass
+        self._kill_group()
+        return self.worker.wait()
+
+    def kill_and_exit(self) -> None:
+        """A second Ctrl-C or SIGTERM: the worker's group killed, this process gone, at once."""
+        self._kill_group()
+        message = ("\ndrl: stopped at once; a job that was running resumes on a new attempt "
+                   "once its heartbeat is found stale\n")
+        try:
+            os.write(sys.stderr.fileno(), message.encode())
+        except (OSError, ValueError):
+            pass
+        os._exit(EXIT_INTERRUPTED)
+
+    def _kill_group(self) -> None:
+        # The worker's own group (start_worker): its pool processes go with it.
+        if self.worker is None:
+            return
+        try:
+            os.killpg(self.worker.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
-def _stop_server_if_worker_dies(worker: subprocess.Popen, server, stopping: threading.Event,
+def _stop_server_if_worker_dies(worker: subprocess.Popen, server, worker_stop: WorkerStop,
                                 worker_died: threading.Event) -> None:
     code = worker.wait()
-    if not stopping.is_set():
+    if not worker_stop.requested:
         worker_died.set()
         print(f"drl: the worker exited with code {code}; stopping the API", file=sys.stderr, flush=True)
         server.should_exit = True

@@ -79,32 +79,36 @@ def process_group_members(pgid: int) -> list[int]:
     return members
 
 
-@pytest.fixture
-def served(tmp_path: Path, data_dir: Path) -> Iterator[tuple[str, subprocess.Popen, dict[str, str]]]:
-    """`drl serve` on a free port; yields (url, process, env). Killed if a test leaves it up."""
+def start_serve(home: Path, data_dir: Path, log_path: Path) -> tuple[str, subprocess.Popen, dict[str, str]]:
+    """`drl serve` with `home` on a free port, up and answering; (url, process, env)."""
     port = free_port()
-    env = drl_env(tmp_path / "home", data_dir)
-    log = (tmp_path / "serve.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "drl_cli.main", "serve", "--port", str(port), "--home", str(tmp_path / "home"),
-         "--data-dir", str(data_dir)], env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    env = drl_env(home, data_dir)
+    with log_path.open("a") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "drl_cli.main", "serve", "--port", str(port), "--home", str(home),
+             "--data-dir", str(data_dir)], env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while True:
         try:
             if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
+                return url, process, env
         except httpx.TransportError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            pytest.fail(f"drl serve did not come up:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
+            pytest.fail(f"drl serve did not come up:\n{log_path.read_text()[-3000:]}")
         time.sleep(0.3)
+
+
+@pytest.fixture
+def served(tmp_path: Path, data_dir: Path) -> Iterator[tuple[str, subprocess.Popen, dict[str, str]]]:
+    """`drl serve` on a free port; yields (url, process, env). Killed if a test leaves it up."""
+    url, process, env = start_serve(tmp_path / "home", data_dir, tmp_path / "serve.log")
     yield url, process, env
     if process.poll() is None:
         process.kill()
         process.wait()
-    log.close()
 
 
 def test_serve_submit_status_embeddings_and_clean_stop(served, tmp_path: Path) -> None:
@@ -165,6 +169,84 @@ def test_serve_submit_status_embeddings_and_clean_stop(served, tmp_path: Path) -
     assert process_group_members(worker_pid) == []  # the worker and its pool processes are gone
     assert not Path(f"/proc/{worker_pid}").exists() or \
         Path(f"/proc/{worker_pid}/stat").read_text().split(") ")[1][0] == "Z"
+
+
+def wait_until(check, timeout: float, what: str, interval: float = 0.3):
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(interval)
+    return value
+
+
+def test_stopping_serve_mid_job_hands_the_job_back_and_the_next_serve_resumes_it(
+        served, tmp_path: Path, data_dir: Path) -> None:
+    """Ctrl-C with a training running: drl serve is gone within 10 s, with no worker process
+    left; the job is queued at the same attempt with its checkpoint stored; the next drl serve
+    resumes it at once from there, still at attempt 1 (was: a 20-25 s stop, then ~90 s of a
+    job marked running with nobody on it, and an attempt spent)."""
+    import sqlalchemy as sa
+
+    from drl_core.models import Artifact, Job
+
+    url, serve, env = served
+    worker_pid = int(re.search(r"worker pid (\d+)", (tmp_path / "serve.log").read_text()).group(1))
+    spec = {**TINY_SPEC, "train": {**TINY_SPEC["train"], "iterations": 100_000,
+                                   "checkpoint_every": 100_000, "log_every": 2}}
+    created = httpx.post(f"{url}/experiments", json=spec, timeout=30)
+    assert created.status_code == 201, created.text
+    train_id = created.json()["jobs"][0]["id"]
+    job_url = f"{url}/jobs/{train_id}"
+    wait_until(lambda: (httpx.get(job_url, timeout=10).json()["progress"]["step"] or 0) >= 4,
+               FINISH_TIMEOUT_S, "the training to report progress")
+
+    started = time.monotonic()
+    serve.send_signal(signal.SIGINT)
+    serve.wait(STOP_TIMEOUT_S)
+    assert time.monotonic() - started < 10, f"drl serve took {time.monotonic() - started:.1f} s"
+    assert process_group_members(worker_pid) == []
+
+    home = tmp_path / "home"
+    engine = sa.create_engine(Settings(home=home, database_url=None).resolved_database_url)
+    with engine.connect() as db:
+        job = db.execute(sa.select(Job.status, Job.attempt, Job.step, Job.log_tail, Job.worker)
+                         .where(Job.id == train_id)).one()
+        stored = db.scalars(sa.select(Artifact.key).where(Artifact.kind == "checkpoint")).all()
+    engine.dispose()
+    assert (job.status, job.attempt, job.worker) == ("queued", 1, None), job
+    assert "handed back to the queue" in job.log_tail[-1], job.log_tail
+    (checkpoint,) = stored
+    saved_step = int(re.search(r"ckpt_(\d+)\.pt$", checkpoint).group(1))
+    assert saved_step >= 4   # the step it reached, not the last periodic checkpoint (none)
+
+    url, serve, _ = start_serve(home, data_dir, tmp_path / "serve-again.log")
+    try:
+        resumed = wait_until(
+            lambda: (j := httpx.get(f"{url}/jobs/{train_id}", timeout=10).json())["status"] == "running"
+            and any(f"resuming from checkpoint step {saved_step}" in line for line in j["log_tail"]) and j,
+            60, "the next drl serve to resume the job")
+        assert resumed["attempt"] == 1, resumed
+        assert httpx.post(f"{url}/experiments/{created.json()['id']}/cancel", timeout=30).status_code == 200
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(STOP_TIMEOUT_S)
+
+
+def test_a_second_ctrl_c_stops_serve_at_once(served, tmp_path: Path) -> None:
+    """The first Ctrl-C lets the worker hand its job back (Celery's shutdown alone takes ~7 s
+    here); a second one kills the worker's process group and exits at once (was: ignored)."""
+    url, serve, _ = served
+    log = tmp_path / "serve.log"
+    worker_pid = int(re.search(r"worker pid (\d+)", log.read_text()).group(1))
+    wait_until(lambda: " ready." in log.read_text(), STARTUP_TIMEOUT_S, "the worker to start")
+    serve.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    started = time.monotonic()
+    serve.send_signal(signal.SIGINT)
+    assert serve.wait(STOP_TIMEOUT_S) == 130
+    assert time.monotonic() - started < 2.5, f"took {time.monotonic() - started:.1f} s"
+    assert process_group_members(worker_pid) == []
+    assert "drl: stopped at once" in log.read_text()
 
 
 def test_client_errors_and_unreachable_server(tmp_path: Path, data_dir: Path) -> None:
