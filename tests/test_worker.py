@@ -46,7 +46,7 @@ from drl_engine.encode import encode_at
 from drl_engine.registry import untrained_model
 from worker.context import WorkerResources
 from worker.reaper import reap_stale_jobs
-from worker.tasks import run_job
+from worker.tasks import run_job, send_handed_back
 
 pytest.register_assert_rewrite("worker_fixtures")
 from worker_fixtures import (  # noqa: E402
@@ -389,6 +389,32 @@ def test_a_stopped_worker_hands_its_job_back_without_spending_an_attempt(
     with service.sessions() as session:
         cancel_experiment(session, session.get(Experiment, exp_id))
     wait_for(lambda: service.job(train_id).status == "cancelled", 30, "the training to stop")
+
+
+def test_a_job_in_a_stopping_process_is_handed_back_and_sent_again_as_it_exits(
+        service: ServiceHarness, tmp_path) -> None:
+    """run_job in a pool process whose worker is stopping (stop_requested): the training stops
+    before its first step, the job is queued again at attempt 1 and its message goes out only
+    from send_handed_back (the process's exit), not while the worker still consumes."""
+    fs_app, fs_settings = filesystem_celery(tmp_path)   # nobody consumes it: messages are counted
+    with service.sessions() as session:
+        experiment, _ = create_experiment(session, tiny_spec(), None, None, celery_app=fs_app)
+        train_id = experiment.jobs[0].id
+    resources = WorkerResources(service.settings)
+    resources.stop_requested.set()
+    try:
+        assert run_job(train_id, resources, fs_app) == "handed back"
+        job = service.job(train_id)
+        assert (job.status, job.attempt, job.worker, job.enqueued_at) == ("queued", 1, None, None)
+        assert resources.handed_back == [train_id] and not resources.stop_requested.is_set()
+        assert queued_job_ids(fs_settings, "gpu") == [train_id]          # the create's message only
+        assert send_handed_back(resources, fs_app) == [train_id]
+        assert queued_job_ids(fs_settings, "gpu") == [train_id, train_id]
+        assert service.job(train_id).enqueued_at is not None and resources.handed_back == []
+    finally:
+        resources.dispose()
+        with service.sessions() as session:
+            cancel_experiment(session, session.get(Experiment, experiment.id))
 
 
 # --- the reaper, without a worker --------------------------------------------------------

@@ -201,12 +201,12 @@ def _finish(session: Session, job_id: int, attempt: int, outcome: JobStatus,
         job = session.get(Job, job_id, populate_existing=True)
         if job is None or job.attempt != attempt or job.status not in HELD_BY_WORKER:
             return None
-        target = outcome
+        target, lines = outcome, log_lines
         if outcome is JobStatus.QUEUED and job.status == JobStatus.CANCELLING:
-            target = JobStatus.CANCELLED
+            target, lines = JobStatus.CANCELLED, []   # (the lines say it was handed back)
         extra = dict(fields)
-        if log_lines:
-            extra["log_tail"] = job.tail_with(log_lines)
+        if lines:
+            extra["log_tail"] = job.tail_with(lines)
         try:
             transition(session, job, target, **extra)
             session.commit()
