@@ -205,7 +205,11 @@ def test_default_mnist_net_runs():
     torch.manual_seed(0)
     spec = parse_spec({})
     model = DRLModel(spec, (1, 28, 28)).eval()
-    assert _attention_sides(model.score_net) == [7] * 4   # 2 down, mid, 1 up
+    # Appendix D's MNIST network: 28x28x32 and 14x14x64 feature maps, 2 residual blocks per
+    # level, no attention.
+    assert model.score_net.down.sides == [28, 14] and model.score_net.down.out_channels == 64
+    assert [len(stage.blocks) for stage in model.score_net.down.levels] == [2, 2]
+    assert _attention_sides(model.score_net) == []
     n_score = sum(p.numel() for p in model.score_net.parameters())
     n_enc = sum(p.numel() for p in model.encoder.parameters())
     print(f"default MNIST spec: score net {n_score:,} params, encoder {n_enc:,} params")

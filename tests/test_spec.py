@@ -77,7 +77,7 @@ def test_not_a_mapping_and_unknown_keys(tmp_path):
         parse_spec({"modle": {}})
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(SpecError, match="bad.json: not valid JSON"):
+    with pytest.raises(SpecError, match="bad.json: line 1, column 2: not valid JSON"):
         load_spec(bad)
     assert parse_spec(None) == ExperimentSpec()
 
