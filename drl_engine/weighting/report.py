@@ -371,6 +371,10 @@ def render_report(budget: WeightingBudget, results: list[CellResult], out_dir: P
         f"SVC-{max(budget.label_budgets)} on standardized codes at each checkpoint (t = {CURVE_T} "
         "for time-conditioned encoders), static encoders, mean ± SE over seeds:", "",
         f"![accuracy against steps]({IMAGE_DIR}/accuracy_vs_steps.png)", "",
+        *(["`edm_2x` trains exactly as `edm` for the first "
+           f"{budget.iterations} steps (same spec but the step count, same seeds), so its curve "
+           "covers `edm`'s up to there.", ""]
+          if any(r.cell.variant == "edm_2x" for r in results) else []),
         "## Where along t the code is used", "",
         "The code-usage diagnostic at the end of training (drl_engine/code_usage.py): "
         "code_gain = error(shuffled codes) - error(true codes), class_gain = error(shuffled) - "
