@@ -26,7 +26,7 @@ from drl_core.artifact_keys import ArtifactKind
 from drl_core.artifacts import StoredArtifact
 from drl_core.db import session_factory
 from drl_core.fencing import fenced_session
-from drl_core.job_states import JobStatus, StaleTransition, heartbeat, reap, transition, utc_now
+from drl_core.job_states import JobStatus, heartbeat, reap, transition, utc_now
 from drl_core.models import Artifact, Experiment, Job, MetricPoint
 from drl_core.settings import Settings
 from worker import reaper

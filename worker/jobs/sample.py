@@ -23,8 +23,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from drl_core.artifact_keys import ArtifactKind, sample_key
 from drl_engine.datasets import ImageDataset
 from drl_engine.fd_lenet import FD_LENET
