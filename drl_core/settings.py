@@ -59,9 +59,18 @@ class Settings(BaseSettings):
     max_attempts: int = 3                 # lost jobs are re-queued until this many attempts
     # A ready queued job whose message never went out (the sender died, the broker was down)
     # is re-sent after `unsent_grace_s`; one sent over `resend_after_s` ago and still not
-    # started is re-sent too (a message lost in the broker). Duplicates are harmless.
+    # started is re-sent too (the safety net for a message lost where `stranded_after_s`
+    # cannot see: another transport, a dead worker's unacknowledged message that the broker
+    # holds until its visibility timeout). Duplicates are harmless.
     unsent_grace_s: float = 60.0
     resend_after_s: float = 3600.0
+    # A ready queued job whose message was sent over `stranded_after_s` ago but is in
+    # neither the broker's queue nor a worker's unacknowledged messages (a Redis restarted
+    # without its data) is re-sent at the next reaper pass (drl_core/broker_messages.py): so
+    # such a job runs within stranded_after_s + reaper_interval_s of the loss, under a
+    # minute. The grace lets a message just sent land before it is looked for. Brokers that
+    # cannot be looked into (or are down) are left to `resend_after_s`.
+    stranded_after_s: float = Field(default=20.0, gt=0)
 
     # Worker (added with the job system, issue 3).
     # Key prefix for everything Celery keeps in Redis, so several deployments (or test runs)

@@ -22,7 +22,6 @@ environment variables (`settings_env`).
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -41,6 +40,7 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from drl_core.artifacts import ArtifactStore, build_store
+from drl_core.broker_messages import run_job_id
 from drl_core.db import make_engine, session_factory
 from drl_core.job_states import TERMINAL, derive_experiment_status
 from drl_core.models import Experiment, Job
@@ -323,8 +323,7 @@ def queued_job_ids(settings: Settings, queue: str) -> list[int]:
     folder = filesystem_queue_dir(settings)
     ids = []
     for path in sorted(folder.glob(f"*.{queue}.msg")):
-        message = json.loads(path.read_text())
-        assert message["headers"]["task"] == "drl.run_job"
-        args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-        ids.append(int(args[0]))
+        job_id = run_job_id(json.loads(path.read_text()))
+        assert job_id is not None, f"{path.name} is not a drl.run_job message"
+        ids.append(job_id)
     return sorted(ids)

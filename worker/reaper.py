@@ -1,6 +1,7 @@
 """The reaper: jobs whose worker stopped heartbeating are lost; re-queue them or settle them.
 It also re-sends ready queued jobs whose "run job N" message never went out
-(`resend_unsent_jobs`), so a sender that died, or a broker that was down, loses no work.
+(`resend_unsent_jobs`), so a sender that died, or a broker that was down, loses no work; and
+those whose message went out but is no longer in the broker (`resend_stranded_jobs`).
 
 A held job (running or cancelling) whose `heartbeat_at` is older than
 `heartbeat_timeout_s` goes through `job_states.reap`: running -> lost -> queued with attempt
@@ -9,6 +10,18 @@ A held job (running or cancelling) whose `heartbeat_at` is older than
 cancelled settles its queued downstream jobs. The reap is a compare-and-set on the heartbeat
 time judged stale: a heartbeat that was held up (a row lock, a slow database) and lands
 between the judgement and the reap keeps its job.
+
+Stranded messages: a Redis restarted without its data has lost the messages of every queued
+job. Each pass asks the broker which jobs it holds a message for, waiting in a queue or
+delivered to a worker and not yet acknowledged (drl_core/broker_messages.py), and re-sends
+the ready queued jobs sent over `stranded_after_s` ago that are not among them: such a job
+runs within stranded_after_s + reaper_interval_s of the loss. A job waiting behind a backlog
+has its message, so it gets no copy; a re-sent job has its message again at the next pass,
+so it gets one copy per loss. The broker is read before the database, so a message sent
+after the read belongs to a job whose `enqueued_at` is too recent to be a candidate. Where
+the broker cannot be looked into (a transport other than Redis or the filesystem) or read
+(down), the pass sends nothing and `resend_unsent_jobs` re-sends what was sent over
+`resend_after_s` ago, as before.
 
 Every worker process runs one (`start_reaper`); several reapers racing on one job are
 harmless, each step is a compare-and-set and the losers skip the job.
@@ -24,6 +37,7 @@ import sqlalchemy as sa
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
+from drl_core.broker_messages import BrokerUnreadable, run_job_ids_in_broker
 from drl_core.dispatch import enqueue_job, is_ready, settle_downstream
 from drl_core.job_states import (
     HELD_BY_WORKER,
@@ -35,6 +49,7 @@ from drl_core.job_states import (
     utc_now,
 )
 from drl_core.models import Job
+from drl_core.queue import default_celery
 from drl_core.settings import get_settings
 
 logger = logging.getLogger("drl.reaper")
@@ -76,13 +91,18 @@ def reap_stale_jobs(session: Session, now: datetime | None = None, *,
     return reaped
 
 
+def retry_due(now: datetime) -> sa.ColumnElement[bool]:
+    """A job waiting out a transient fault's backoff must not be sent before its `retry_at`."""
+    return Job.retry_at.is_(None) | (Job.retry_at <= now)
+
+
 def unsent_jobs(session: Session, now: datetime, grace_s: float, resend_after_s: float) -> list[Job]:
-    """Ready queued jobs whose message never went out (`enqueued_at` NULL, made ready more
-    than `grace_s` ago, so a sender still between its commit and its send is left alone) or
-    went out more than `resend_after_s` ago without the job starting."""
+    """Ready queued jobs, due to run, whose message never went out (`enqueued_at` NULL, made
+    ready more than `grace_s` ago, so a sender still between its commit and its send is left
+    alone) or went out more than `resend_after_s` ago without the job starting."""
     long_ago = now - timedelta(seconds=resend_after_s)
     candidates = session.scalars(sa.select(Job).where(
-        Job.status == JobStatus.QUEUED.value,
+        Job.status == JobStatus.QUEUED.value, retry_due(now),
         Job.enqueued_at.is_(None) | (Job.enqueued_at < long_ago)).order_by(Job.id))
     return [job for job in candidates if is_ready(job) and (
         job.enqueued_at is not None or ready_since(job) < now - timedelta(seconds=grace_s))]
@@ -110,8 +130,61 @@ def resend_unsent_jobs(session: Session, now: datetime | None = None, *,
     return [job.id for job in jobs]
 
 
+def stranded_jobs(session: Session, now: datetime, stranded_after_s: float,
+                  ids_in_broker: set[int]) -> list[Job]:
+    """Ready queued jobs, due to run, whose message went out more than `stranded_after_s`
+    before `now` and is not in the broker (`ids_in_broker`, read before this query), as
+    they are now."""
+    sent_before = now - timedelta(seconds=stranded_after_s)
+    candidates = session.scalars(sa.select(Job).where(
+        Job.status == JobStatus.QUEUED.value, Job.enqueued_at < sent_before, retry_due(now))
+        .order_by(Job.id).execution_options(populate_existing=True))
+    return [job for job in candidates if job.id not in ids_in_broker and is_ready(job)]
+
+
+def claim_resend(session: Session, job: Job) -> bool:
+    """Compare-and-set on the `enqueued_at` that made `job` stranded (committed): of several
+    reapers that found it in the same moment, one re-sends it; whether this one does. The
+    winner's send records `enqueued_at` again; if the send fails, the job is stranded again
+    `stranded_after_s` later."""
+    claimed = session.execute(sa.update(Job).where(
+        Job.id == job.id, Job.status == JobStatus.QUEUED.value,
+        Job.enqueued_at == job.enqueued_at).values(enqueued_at=utc_now()))
+    session.commit()
+    return claimed.rowcount == 1
+
+
+def resend_stranded_jobs(session: Session, now: datetime | None = None, *,
+                         stranded_after_s: float | None = None,
+                         celery_app: Celery | None = None) -> list[int] | None:
+    """Enqueue the `stranded_jobs` again (default `stranded_after_s`: the settings'); their
+    ids. None when the broker cannot be looked into or read: nothing is sent (a failure is
+    logged), and `resend_unsent_jobs`'s `resend_after_s` is what re-sends lost messages."""
+    app = celery_app or default_celery()
+    stranded_after_s = (get_settings().stranded_after_s if stranded_after_s is None
+                        else stranded_after_s)
+    now = now or utc_now()   # before the broker is read: see the module docstring
+    try:
+        ids_in_broker = run_job_ids_in_broker(app)
+    except BrokerUnreadable as error:
+        logger.warning("cannot read the broker to find stranded jobs (%s); messages lost in "
+                       "it are re-sent after resend_after_s", error)
+        return None
+    if ids_in_broker is None:
+        return None
+    resent = []
+    for job in stranded_jobs(session, now, stranded_after_s, ids_in_broker):
+        if not claim_resend(session, job):
+            continue   # started, re-sent or settled since the query
+        logger.warning("job %s (%s) is queued but its message is no longer in the broker: "
+                       "sending it again", job.id, job.kind)
+        enqueue_job(job, app)
+        resent.append(job.id)
+    return resent
+
+
 class Reaper:
-    """Runs `reap_stale_jobs` every `interval_s` on a daemon thread."""
+    """Runs `reap_stale_jobs` and the resend passes every `interval_s` on a daemon thread."""
 
     def __init__(self, sessions: sessionmaker[Session], interval_s: float, timeout_s: float,
                  celery_app: Celery | None = None) -> None:
@@ -126,6 +199,7 @@ class Reaper:
                 with self.sessions() as session:
                     reap_stale_jobs(session, timeout_s=self.timeout_s, celery_app=self.celery_app)
                     resend_unsent_jobs(session, celery_app=self.celery_app)
+                    resend_stranded_jobs(session, celery_app=self.celery_app)
             except Exception:  # a database or broker outage must not end the reaper
                 logger.exception("reaper pass failed; retrying in %.0f s", self.interval_s)
 
