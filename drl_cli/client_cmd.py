@@ -1,4 +1,5 @@
-"""`drl submit`, `drl status`, `drl embeddings`: the HTTP client side of the service.
+"""`drl submit`, `drl status`, `drl cancel`, `drl resume`, `drl embeddings`, `drl samples`:
+the HTTP client side of the service.
 
 The server is `--url`, else $DRL_API_URL, else http://127.0.0.1:8000; the token is `--token`,
 else $DRL_TOKEN. A server error is printed as its problem's detail on one line; the exit
@@ -106,6 +107,21 @@ def add_parser(sub) -> None:
     p.add_argument("--limit", type=int, default=20, help="experiments to list (default 20)")
     p.set_defaults(func=status)
 
+    p = sub.add_parser("cancel", parents=[common],
+                       help="cancel an experiment's queued and running jobs",
+                       description="Queued jobs are cancelled at once; running ones stop at "
+                                   "their next heartbeat (a training saves its checkpoint "
+                                   "first, so `drl resume ID` continues from it).")
+    p.add_argument("id", type=int, help="experiment id")
+    p.set_defaults(func=cancel)
+
+    p = sub.add_parser("resume", parents=[common],
+                       help="resume a failed or cancelled experiment from its last checkpoint",
+                       description="Every failed or cancelled job runs again as a new attempt; "
+                                   "training continues from its last stored checkpoint.")
+    p.add_argument("id", type=int, help="experiment id")
+    p.set_defaults(func=resume)
+
     p = sub.add_parser("embeddings", parents=[common], help="download embeddings at one t as .npy")
     p.add_argument("id", type=int, help="experiment id")
     p.add_argument("--t", type=float, required=True, help="diffusion time in [0, 1]")
@@ -164,6 +180,24 @@ def status(args: argparse.Namespace) -> int:
             print(format_experiments(page["items"], page["total"]))
         else:
             print(format_experiment(client.json("GET", f"/experiments/{args.id}")))
+    finally:
+        client.close()
+    return 0
+
+
+def cancel(args: argparse.Namespace) -> int:
+    return _act(args, "cancel")
+
+
+def resume(args: argparse.Namespace) -> int:
+    return _act(args, "resume")
+
+
+def _act(args: argparse.Namespace, action: str) -> int:
+    """POST /experiments/ID/<action>, then show the experiment as `drl status ID` does."""
+    client = client_for(args)
+    try:
+        print(format_experiment(client.json("POST", f"/experiments/{args.id}/{action}")))
     finally:
         client.close()
     return 0

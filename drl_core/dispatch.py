@@ -30,13 +30,15 @@ from drl_core.queue import TASK_RUN_JOB, default_celery
 logger = logging.getLogger("drl.dispatch")
 
 
-def enqueue_job(job: Job, celery_app: Celery | None = None) -> None:
+def enqueue_job(job: Job, celery_app: Celery | None = None, countdown: float | None = None) -> None:
     """Send `drl.run_job(job.id)` to `job.queue` (the row must already be committed), then
     record `enqueued_at` (committed). If the process dies between the commit that made the
     job ready and this send, `enqueued_at` stays NULL and the reaper re-sends the job
-    (`resend_unsent_jobs`): the database, not the broker, is what must not lose work."""
+    (`resend_unsent_jobs`): the database, not the broker, is what must not lose work.
+    `countdown`: deliver it no sooner than this many seconds from now (a retry's backoff)."""
     app = celery_app or default_celery()
-    app.send_task(TASK_RUN_JOB, args=[job.id], queue=job.queue, routing_key=job.queue)
+    app.send_task(TASK_RUN_JOB, args=[job.id], queue=job.queue, routing_key=job.queue,
+                  countdown=countdown)
     session = object_session(job)
     if session is not None:
         sent_at = utc_now()
@@ -45,7 +47,8 @@ def enqueue_job(job: Job, celery_app: Celery | None = None) -> None:
         set_committed_value(job, "enqueued_at", sent_at)  # the bulk UPDATE does not touch `job`
 
 
-def send_or_leave_to_reaper(job: Job, celery_app: Celery | None = None) -> bool:
+def send_or_leave_to_reaper(job: Job, celery_app: Celery | None = None,
+                            countdown: float | None = None) -> bool:
     """`enqueue_job` for work a request has already committed; whether it went out now.
 
     A broker that is down (or a database that fails while `enqueued_at` is recorded) is
@@ -54,7 +57,7 @@ def send_or_leave_to_reaper(job: Job, celery_app: Celery | None = None) -> bool:
     request answers that it created the work, which is true, instead of an error that a
     client would retry into a duplicate."""
     try:
-        enqueue_job(job, celery_app)
+        enqueue_job(job, celery_app, countdown)
         return True
     except (BrokerError, OSError, SQLAlchemyError) as exc:
         session = object_session(job)

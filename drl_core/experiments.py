@@ -28,8 +28,9 @@ from sqlalchemy.orm import Session
 from drl_core.artifact_keys import (ArtifactKind, embedding_kind, experiment_prefix,
                                     metrics_key, t_key)
 from drl_core.artifacts import ArtifactStore
-from drl_core.dispatch import send_or_leave_to_reaper
+from drl_core.dispatch import is_ready, send_or_leave_to_reaper
 from drl_core.job_states import (
+    RESUMABLE,
     IllegalTransition,
     JobKind,
     JobStatus,
@@ -40,6 +41,7 @@ from drl_core.job_states import (
 )
 from drl_core.models import Artifact, Experiment, Job
 from drl_core.queue import QUEUE_FOR_KIND
+from drl_core.settings import get_settings
 from drl_engine.spec import (TRAINED, EncoderWeights, ExperimentSpec, SpecError,
                              generation_sample_spec, has_encoder, has_sampler, parse_spec)
 
@@ -199,6 +201,34 @@ def cancel_experiment(session: Session, experiment: Experiment) -> Experiment:
     session.commit()
     session.refresh(experiment)
     return experiment
+
+
+def resume_experiment(session: Session, experiment: Experiment, *,
+                      celery_app: Celery | None = None) -> list[Job]:
+    """Re-open every failed or cancelled job of the experiment as a new attempt, with a fresh
+    budget of attempts and transient retries; commits, then sends the ones that are ready
+    (the others wait for their upstream job, which is re-opened too). A train job resumes
+    from its last stored checkpoint, so the steps it had done are not trained again. Returns
+    the jobs resumed. NotReady if no job is failed or cancelled (it is queued, running or
+    succeeded: nothing to resume)."""
+    attempts = get_settings().max_attempts
+    jobs, resumed = experiment_jobs(session, experiment.id), []
+    for job in jobs:
+        if job.status not in RESUMABLE:
+            continue
+        try:
+            transition(session, job, JobStatus.QUEUED, max_attempts=job.attempt + attempts)
+        except (StaleTransition, IllegalTransition):
+            continue   # another resume got it first
+        resumed.append(job)
+    if not resumed:
+        raise NotReady(f"experiment {experiment.id} is {experiment_status(jobs)}: "
+                       "it has no failed or cancelled job to resume")
+    session.commit()
+    for job in resumed:
+        if is_ready(job):
+            send_or_leave_to_reaper(job, celery_app)
+    return resumed
 
 
 def delete_experiment(session: Session, store: ArtifactStore, experiment: Experiment) -> None:

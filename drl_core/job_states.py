@@ -30,14 +30,20 @@ Decisions the table encodes (the ones that are not obvious):
   `attempt`. Otherwise lost -> failed. lost -> cancelled lets a cancel request win over a
   re-queue.
 - running -> queued: the job's worker is shutting down (SIGTERM, Ctrl-C) and hands the job
-  back after saving its checkpoint (worker/shutdown.py). Nothing failed, so the attempt is not
-  counted: it keeps its number, unlike lost -> queued. That is safe although the attempt is
+  back after saving its checkpoint (worker/shutdown.py), or the job was stopped by a transient
+  fault (a database, broker or store outage, a full disk: drl_core/faults.py) and is retried
+  after a backoff, counted in `transient_retries`. Neither is the job's failure, so the
+  attempt is not counted: it keeps its number, unlike lost -> queued. That is safe although the attempt is
   the fencing token, because the hand-back is its worker's last write for the job (its runner
   has returned and its heartbeat has stopped), so nothing of the old run can land in the next.
   `worker`, `heartbeat_at` and `enqueued_at` are cleared: the message that started it is
   spent, and a new one goes out (or the reaper sends it, `resend_unsent_jobs`).
   cancelling has no such move: a job being cancelled that is stopped is cancelled.
-- succeeded, failed and cancelled are terminal: nothing leaves them.
+- succeeded, failed and cancelled are terminal: no worker or reaper moves them on. Only a
+  user's resume (`POST /experiments/{id}/resume`) re-opens failed or cancelled -> queued, as
+  a new attempt (attempt + 1, so nothing of an old run can write into it) with a fresh
+  budget of attempts and transient retries; the train job resumes from its last checkpoint.
+  succeeded is final.
 """
 
 from __future__ import annotations
@@ -79,11 +85,13 @@ TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
     S.CANCELLING: frozenset({S.CANCELLED, S.SUCCEEDED, S.FAILED}),
     S.LOST: frozenset({S.QUEUED, S.FAILED, S.CANCELLED}),
     S.SUCCEEDED: frozenset(),
-    S.FAILED: frozenset(),
-    S.CANCELLED: frozenset(),
+    S.FAILED: frozenset({S.QUEUED}),       # resumed by its user
+    S.CANCELLED: frozenset({S.QUEUED}),    # resumed by its user
 }
 
-TERMINAL: frozenset[JobStatus] = frozenset(s for s, targets in TRANSITIONS.items() if not targets)
+# Finished: no worker or reaper moves these on (a user may resume failed or cancelled).
+TERMINAL: frozenset[JobStatus] = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED})
+RESUMABLE: frozenset[JobStatus] = frozenset({S.FAILED, S.CANCELLED})
 ACTIVE: frozenset[JobStatus] = frozenset(TRANSITIONS) - TERMINAL
 # Statuses in which a worker holds the job and must keep its heartbeat fresh.
 HELD_BY_WORKER: frozenset[JobStatus] = frozenset({S.RUNNING, S.CANCELLING})
@@ -128,7 +136,10 @@ def transition(session: Session, job: Any, new_status: str, *,
     Also writes `fields` (e.g. error=..., worker=...), `updated_at`, and the timestamps the
     status implies: `started_at` and a first `heartbeat_at` on running, `finished_at` on a
     terminal status; lost -> queued bumps `attempt` and clears `worker` and `heartbeat_at`;
-    running -> queued (handed back) keeps `attempt` and clears those and `enqueued_at`.
+    running -> queued (handed back, or a transient retry) keeps `attempt` and clears those
+    and `enqueued_at`; failed | cancelled -> queued (a resume) bumps `attempt` and clears
+    those, `error`, `finished_at`, `retry_at` and `transient_retries` (the caller raises
+    `max_attempts` with it).
     `only_if` adds a condition on the row to the compare-and-set (the reaper's: the heartbeat
     it judged stale is still the last one). Raises IllegalTransition if the table forbids the
     move (or lost -> queued with no attempts left) and StaleTransition if the row changed
@@ -154,6 +165,12 @@ def transition(session: Session, job: Any, new_status: str, *,
         values |= {"attempt": job_cls.attempt + 1, "worker": None, "heartbeat_at": None}
     if old is S.RUNNING and new is S.QUEUED:
         values |= {"worker": None, "heartbeat_at": None, "enqueued_at": None}
+    if old in RESUMABLE and new is S.QUEUED:
+        values |= {"attempt": job_cls.attempt + 1, "worker": None, "heartbeat_at": None,
+                   "enqueued_at": None, "error": None, "finished_at": None, "retry_at": None,
+                   "transient_retries": 0,
+                   # (at least room for the new attempt; the caller passes a fresh budget)
+                   "max_attempts": max(job.max_attempts, job.attempt + 1)}
     values |= fields
     _compare_and_set(session, job, {old}, values, only_if)
 

@@ -156,7 +156,9 @@ class Job(Base):
     """One step of an experiment (train, encode, probe or sample) and its whole state.
 
     `status` changes only through `drl_core.job_states.transition`. `attempt` counts runs
-    (1 for the first); a lost job is re-queued with attempt + 1 until `max_attempts`.
+    (1 for the first); a lost job is re-queued with attempt + 1 until `max_attempts`. A job
+    stopped by a transient fault is re-queued at the same attempt, counted in
+    `transient_retries` instead.
     `depends_on_id` orders the pipeline train -> encode -> probe -> sample.
     """
 
@@ -190,6 +192,10 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None]
     # When "run job N" was last sent; NULL: never (the reaper re-sends such ready jobs).
     enqueued_at: Mapped[datetime | None]
+    # Retries after transient faults (drl_core/faults.py), a budget apart from `attempt`;
+    # `retry_at`: not before then (backoff), NULL when not waiting for one.
+    transient_retries: Mapped[int] = mapped_column(default=0, server_default="0")
+    retry_at: Mapped[datetime | None]
     worker: Mapped[str | None] = mapped_column(sa.String(255))
     log_tail: Mapped[list[str]] = mapped_column(default=list)
     error: Mapped[str | None] = mapped_column(sa.Text)

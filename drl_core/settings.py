@@ -57,6 +57,15 @@ class Settings(BaseSettings):
     # Job supervision.
     heartbeat_timeout_s: float = 120.0    # a running job silent this long is lost
     max_attempts: int = 3                 # lost jobs are re-queued until this many attempts
+    # A job stopped by a transient fault (database, broker or store outage, disk full:
+    # drl_core/faults.py) is re-queued this many times before it fails, waiting
+    # transient_backoff_s, then twice that, ... up to transient_backoff_max_s between tries.
+    transient_retry_budget: int = Field(default=5, ge=0)
+    transient_backoff_s: float = Field(default=5.0, ge=0)
+    transient_backoff_max_s: float = Field(default=300.0, ge=0)
+    # How long a finishing job keeps trying to record its outcome while the database is
+    # unreachable, before it leaves the job to the reaper.
+    finish_patience_s: float = Field(default=60.0, ge=0)
     # A ready queued job whose message never went out (the sender died, the broker was down)
     # is re-sent after `unsent_grace_s`; one sent over `resend_after_s` ago and still not
     # started is re-sent too (the safety net for a message lost where `stranded_after_s`

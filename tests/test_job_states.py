@@ -17,6 +17,7 @@ from drl_core.db import session_factory
 from drl_core.job_states import (
     ACTIVE,
     HELD_BY_WORKER,
+    RESUMABLE,
     TERMINAL,
     TRANSITIONS,
     ExperimentStatus,
@@ -62,7 +63,9 @@ def test_table_partitions_statuses_into_active_and_terminal() -> None:
     assert TERMINAL == {S.SUCCEEDED, S.FAILED, S.CANCELLED}
     assert ACTIVE == {S.QUEUED, S.RUNNING, S.CANCELLING, S.LOST}
     assert HELD_BY_WORKER <= ACTIVE
-    assert all(not TRANSITIONS[s] for s in TERMINAL)
+    # Nothing leaves a terminal status but a user's resume of a failed or cancelled job.
+    assert RESUMABLE == {S.FAILED, S.CANCELLED} and not TRANSITIONS[S.SUCCEEDED]
+    assert all(TRANSITIONS[s] == {S.QUEUED} for s in RESUMABLE)
     # Every active status can reach a terminal one, and every status is reachable from queued.
     reachable, frontier = {S.QUEUED}, [S.QUEUED]
     while frontier:
@@ -95,7 +98,8 @@ def test_every_pair_of_statuses_against_the_table(
         transition(db_session, job, new, error="x" if new is S.FAILED else None)
         db_session.commit()
         assert job.status == new
-        expected_attempt = 2 if (old, new) == (S.LOST, S.QUEUED) else 1
+        new_attempt = new is S.QUEUED and (old is S.LOST or old in RESUMABLE)
+        expected_attempt = 2 if new_attempt else 1
         assert status_in_database(make_sessions, job.id) == (new.value, expected_attempt)
     else:
         with pytest.raises(IllegalTransition) as raised:

@@ -267,9 +267,14 @@ class JobContext:
     # -- artifacts -----------------------------------------------------------------------
 
     def artifacts(self, kind: ArtifactKind) -> list[Artifact]:
-        return list(self.session.scalars(
-            sa.select(Artifact).where(Artifact.experiment_id == self.experiment_id,
-                                      Artifact.kind == kind.value).order_by(Artifact.key)))
+        """The experiment's artifact rows of `kind`, by key, detached. Read in a session of
+        their own that ends with the read: on the job's session the read would open a
+        transaction that sits idle, holding a connection, until the job's next commit (a
+        whole training phase, for a read before it)."""
+        with self.resources.sessions() as session:
+            return list(session.scalars(
+                sa.select(Artifact).where(Artifact.experiment_id == self.experiment_id,
+                                          Artifact.kind == kind.value).order_by(Artifact.key)))
 
     def store_bytes(self, key: str, data: bytes, kind: ArtifactKind,
                     meta: dict[str, Any] | None = None) -> StoredArtifact:
@@ -292,7 +297,7 @@ class JobContext:
         never a row that points at nothing, and a lost attempt deletes neither."""
         self.ensure_held()
         key = row.key
-        self.session.delete(row)
+        self.session.execute(sa.delete(Artifact).where(Artifact.id == row.id))
         self.commit()
         self.store.delete(key)
 

@@ -7,8 +7,13 @@
     2. run the kind's runner with a heartbeat thread and a session fenced on the job's
        attempt (worker/context.py, drl_core/fencing.py);
     3. succeeded -> enqueue the queued jobs that depend on it;
-       an exception -> failed, with a one-line error and the traceback's last lines in the
-       log tail, and its queued downstream jobs failed with "upstream <kind> job N failed";
+       an exception from a transient fault (database, broker or store outage, disk full:
+       drl_core/faults.py) -> queued again at the same attempt after a backoff, counted in
+       `transient_retries` (worker/retries.py), resuming from the last checkpoint;
+       any other exception, or one when the retries are spent -> failed, with a one-line
+       error (a spent fault's says what was down, e.g. "disk full: ...") and the traceback's
+       last lines in the log tail, and its queued downstream jobs failed with "upstream
+       <kind> job N failed";
        a cancel -> cancelled (downstream jobs cancelled);
        the worker shutting down (worker/shutdown.py) -> handed back: queued at the same
        attempt (a training has saved and uploaded its checkpoint), its message sent again as
@@ -25,13 +30,14 @@ import logging
 import os
 import socket
 import tempfile
+import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from drl_core.artifact_keys import experiment_prefix
@@ -43,6 +49,7 @@ from drl_core.job_states import (
     JobStatus,
     StaleTransition,
     transition,
+    utc_now,
 )
 from drl_core.models import Experiment, Job
 from drl_core.queue import TASK_RUN_JOB
@@ -52,6 +59,7 @@ from worker.context import (Heartbeat, JobCancelled, JobContext, JobLost, Worker
                             WorkerStopping)
 from worker.jobs import runner_for
 from worker.reaper import Reaper
+from worker.retries import Retry, give_up_error, plan_retry
 from worker.shutdown import stop_on_sigint
 
 logger = logging.getLogger("drl.worker")
@@ -93,7 +101,8 @@ def traceback_tail(exc: BaseException) -> list[str]:
 def run_job(job_id: int, resources: WorkerResources | None = None,
             celery_app: Celery | None = None) -> str:
     """Run job `job_id` if it is queued and ready; returns what happened: succeeded, failed,
-    cancelled, handed back (queued again: this worker is shutting down), lost (taken away
+    cancelled, handed back (queued again: this worker is shutting down), retrying (queued
+    again after a transient fault, its message delayed by the backoff), lost (taken away
     mid-run), skipped (not queued: nothing done), waiting (its dependency has not succeeded:
     left queued) or missing (no such job)."""
     resources = resources or process_resources()
@@ -126,6 +135,11 @@ def _run_held_job(session: Session, job: Job, resources: WorkerResources,
     # The row may change or vanish under this worker (cancel, reaper, delete): keep what the
     # job *was* when this worker took it, never re-read it through the expired object.
     job_id, attempt, experiment_id, kind = job.id, job.attempt, job.experiment_id, job.kind
+    retries_done, params = job.transient_retries, dict(job.params or {})
+    spec = ExperimentSpec.model_validate(job.experiment.spec)
+    # End the read's transaction: this session must not sit idle in a transaction, holding
+    # a connection and its snapshot, for as long as the job runs.
+    session.rollback()
     heartbeat = Heartbeat(resources.sessions, job_id, attempt,
                           resources.settings.heartbeat_interval_s).start()
     logger.info("job %s (%s, experiment %s) attempt %s started", job_id, kind, experiment_id,
@@ -133,6 +147,7 @@ def _run_held_job(session: Session, job: Job, resources: WorkerResources,
     fields: dict[str, Any] = {}
     log_lines: list[str] = []
     error: Exception | None = None
+    retry: Retry | None = None
     try:
         # The runner's writes go through a session fenced on this attempt (drl_core/fencing.py);
         # this one keeps to the job's status, whose compare-and-sets carry the attempt.
@@ -140,9 +155,8 @@ def _run_held_job(session: Session, job: Job, resources: WorkerResources,
                 fenced_session(resources.sessions, job_id, attempt) as job_session:
             context = JobContext(
                 job_id=job_id, experiment_id=experiment_id, kind=kind, attempt=attempt,
-                params=dict(job.params or {}),
-                spec=ExperimentSpec.model_validate(job.experiment.spec), session=job_session,
-                resources=resources, heartbeat=heartbeat, workdir=Path(workdir))
+                params=params, spec=spec, session=job_session, resources=resources,
+                heartbeat=heartbeat, workdir=Path(workdir))
             runner_for(kind)(context)
         outcome = JobStatus.SUCCEEDED
     except JobLost:
@@ -154,9 +168,17 @@ def _run_held_job(session: Session, job: Job, resources: WorkerResources,
         log_lines = [f"attempt {attempt}: the worker is shutting down; handed back to the queue "
                      "(the next worker resumes from the last checkpoint)"]
     except Exception as exc:
-        outcome, error = JobStatus.FAILED, exc
-        fields["error"] = one_line_error(exc)
-        log_lines = traceback_tail(exc)
+        fault, retry = plan_retry(exc, retries_done, resources.settings)
+        if retry is not None:
+            outcome = JobStatus.QUEUED
+            log_lines = [retry.log_line(attempt)]
+            fields = {"transient_retries": retry.number, "retry_at": retry.not_before(utc_now())}
+            logger.warning("job %s: %s", job_id, log_lines[0])
+        else:
+            outcome, error = JobStatus.FAILED, exc
+            fields["error"] = (one_line_error(exc) if fault is None
+                               else give_up_error(fault, retries_done))
+            log_lines = traceback_tail(exc)
     # Flush the last progress and log lines before the final status.
     heartbeat_stopped = heartbeat.stop()
     session.rollback()
@@ -167,14 +189,20 @@ def _run_held_job(session: Session, job: Job, resources: WorkerResources,
         logger.warning("job %s: not handed back (its heartbeat thread is stuck); the reaper "
                        "re-queues it", job_id)
         return "lost"
-    finished = None if outcome is None else _finish(session, job_id, attempt, outcome,
-                                                    log_lines, **fields)
+    finished = None if outcome is None else _finish(
+        session, job_id, attempt, outcome, log_lines, resources.settings.finish_patience_s,
+        **fields)
     if finished is None:
         # (an exception then is a symptom, e.g. a foreign key to a deleted experiment)
         _forget_lost_job(session, job_id, attempt, experiment_id, resources)
         return "lost"
     if error is not None:
         logger.error("job %s (%s) failed: %s", job_id, kind, fields["error"], exc_info=error)
+    if finished.status == JobStatus.QUEUED and retry is not None:
+        # Sent now, delivered after the backoff; a broker that is down (perhaps the very
+        # fault) leaves it to the reaper, which respects retry_at.
+        send_or_leave_to_reaper(finished, celery_app, countdown=retry.delay_s)
+        return "retrying"
     if finished.status == JobStatus.QUEUED:
         resources.handed_back.append(job_id)
         resources.stop_requested.clear()   # served: a stray SIGINT costs one hand-back, no more
@@ -193,18 +221,41 @@ def _run_held_job(session: Session, job: Job, resources: WorkerResources,
 
 
 def _finish(session: Session, job_id: int, attempt: int, outcome: JobStatus,
-            log_lines: list[str], **fields: Any) -> Job | None:
+            log_lines: list[str], patience_s: float, **fields: Any) -> Job | None:
     """Move the job this worker holds (running or cancelling, at `attempt`) to `outcome`;
     None if it is no longer ours. A job being cancelled is not handed back: it is cancelled
-    (the user asked it to stop; its checkpoint is stored all the same)."""
+    (the user asked it to stop; its checkpoint is stored all the same).
+
+    A database that cannot be reached (the outage that may have stopped the job) is waited
+    for, with backoff, for up to `patience_s`; then the job is left to the reaper, which
+    re-queues it once its heartbeat is stale (a new attempt)."""
+    deadline = time.monotonic() + patience_s
+    wait_s = 0.5
+    while True:
+        try:
+            return _finish_once(session, job_id, attempt, outcome, log_lines, **fields)
+        except (OperationalError, InterfaceError, DisconnectionError) as exc:
+            session.rollback()
+            if time.monotonic() + wait_s > deadline:
+                logger.error("job %s: could not record its outcome (%s), the database is "
+                             "unreachable; left to the reaper", job_id, outcome)
+                return None
+            logger.warning("job %s: recording %s failed (%s); retrying in %.1f s", job_id,
+                           outcome, str(exc).splitlines()[0], wait_s)
+            time.sleep(wait_s)
+            wait_s = min(wait_s * 2, 8.0)
+
+
+def _finish_once(session: Session, job_id: int, attempt: int, outcome: JobStatus,
+                 log_lines: list[str], **fields: Any) -> Job | None:
     for _ in range(_FINISH_RETRIES):
         job = session.get(Job, job_id, populate_existing=True)
         if job is None or job.attempt != attempt or job.status not in HELD_BY_WORKER:
             return None
-        target, lines = outcome, log_lines
+        target, lines, extra = outcome, log_lines, dict(fields)
         if outcome is JobStatus.QUEUED and job.status == JobStatus.CANCELLING:
-            target, lines = JobStatus.CANCELLED, []   # (the lines say it was handed back)
-        extra = dict(fields)
+            # (the lines say it was handed back or retried; a retry's fields do not apply)
+            target, lines, extra = JobStatus.CANCELLED, [], {}
         if lines:
             extra["log_tail"] = job.tail_with(lines)
         try:

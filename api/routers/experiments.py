@@ -1,4 +1,4 @@
-"""Experiments: create (idempotent), list, read, cancel, delete.
+"""Experiments: create (idempotent), list, read, cancel, resume, delete.
 
 Every write goes through the service functions of `drl_core.experiments`; this module only
 translates HTTP to those calls and their results and errors back to HTTP.
@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session, selectinload
 from api.auth import require_owner
 from api.deps import CurrentUser, SessionDep, StateDep, StoreDep
 from api.lookups import ExperimentId, get_experiment
-from api.problems import field_error, problem_responses, spec_problem, validation_problem
+from api.problems import (NOT_READY, Problem, field_error, problem_responses, spec_problem,
+                          validation_problem)
 from api.schemas import ExperimentBrief, ExperimentOut, ExperimentPage, ExperimentSummary, experiment_fields
 from drl_core import experiments as service
 from drl_core.data_paths import check_submitted_dataset, confine_dataset_paths
@@ -153,6 +154,25 @@ def cancel_experiment(experiment_id: ExperimentId, session: SessionDep, user: Cu
     experiment = get_experiment(session, experiment_id)
     require_owner(user, experiment, "cancel")
     service.cancel_experiment(session, experiment)
+    session.expire_all()
+    return experiment_out(session, get_experiment(session, experiment_id))
+
+
+@router.post("/experiments/{experiment_id}/resume", response_model=ExperimentOut,
+             status_code=status.HTTP_202_ACCEPTED,
+             summary="Resume a failed or cancelled experiment from its last checkpoint",
+             responses=problem_responses(401, 403, 404, 409, 422))
+def resume_experiment(experiment_id: ExperimentId, session: SessionDep, user: CurrentUser,
+                      state: StateDep) -> ExperimentOut:
+    """Every failed or cancelled job runs again as a new attempt, with a fresh budget of
+    attempts and retries; training resumes from its last stored checkpoint, so the steps
+    already done are not trained again. 409 when no job is failed or cancelled."""
+    experiment = get_experiment(session, experiment_id)
+    require_owner(user, experiment, "resume")
+    try:
+        service.resume_experiment(session, experiment, celery_app=state.celery)
+    except service.NotReady as err:
+        raise Problem(409, str(err), type=NOT_READY, title="Nothing to resume") from None
     session.expire_all()
     return experiment_out(session, get_experiment(session, experiment_id))
 

@@ -26,7 +26,16 @@ TMP_PREFIX = ".drl-tmp-"  # in-flight atomic writes; never listed, never a valid
 
 
 class ArtifactStoreError(RuntimeError):
-    """The store cannot be used: endpoint unreachable, bucket missing, root not a directory..."""
+    """The store cannot be used: endpoint unreachable, bucket missing, root not a directory...
+
+    `transient`: the store may answer if asked again later (unreachable, a 5xx, throttled),
+    so a job stopped by it is retried (drl_core/faults.py); `disk_full`: the store has no
+    room left. Neither: a real misconfiguration (bucket missing, access denied).
+    """
+
+    def __init__(self, message: str, *, transient: bool = False, disk_full: bool = False) -> None:
+        super().__init__(message)
+        self.transient, self.disk_full = transient, disk_full
 
 
 class ArtifactNotFound(KeyError):

@@ -10,7 +10,7 @@ import certifi
 import urllib3
 from minio import Minio
 from minio.deleteobjects import DeleteObject
-from minio.error import MinioException, S3Error
+from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 from minio.helpers import MIN_PART_SIZE, check_bucket_name
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ReadTimeoutError
 
@@ -33,6 +33,11 @@ PART_SIZE = 8 * 1024 * 1024
 PARALLEL_UPLOADS = 3
 
 _NOT_FOUND_CODES = ("NoSuchKey", "NoSuchObject", "ResourceNotFound")
+# Answers that say "not now" rather than "never": a job stopped by one is retried.
+_TRANSIENT_CODES = ("InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout",
+                    "XMinioServerNotInitialized", "XMinioStorageFull")
+# MinIO's answer when its disks are full.
+_STORAGE_FULL_CODES = ("XMinioStorageFull",)
 
 
 class S3ArtifactStore(ArtifactStore):
@@ -106,11 +111,17 @@ class S3ArtifactStore(ArtifactStore):
         except S3Error as exc:
             if key is not None and exc.code in _NOT_FOUND_CODES:
                 raise ArtifactNotFound(key, self._where) from None
-            raise ArtifactStoreError(f"{self._where}: {exc.code}: {exc.message}") from None
+            raise ArtifactStoreError(f"{self._where}: {exc.code}: {exc.message}",
+                                     transient=exc.code in _TRANSIENT_CODES,
+                                     disk_full=exc.code in _STORAGE_FULL_CODES) from None
         except MinioException as exc:  # non-S3 answers (HTML error page, 5xx without XML)
-            raise ArtifactStoreError(f"{self._where}: {exc}") from None
+            # (a 5xx, or a proxy's error page while the server restarts: try again later)
+            raise ArtifactStoreError(f"{self._where}: {exc}",
+                                     transient=isinstance(exc, ServerError | InvalidResponseError)
+                                     ) from None
         except urllib3.exceptions.HTTPError as exc:
-            raise ArtifactStoreError(f"{self._where} unreachable: {_describe(exc)}") from None
+            raise ArtifactStoreError(f"{self._where} unreachable: {_describe(exc)}",
+                                     transient=True) from None
 
     # -- writes ------------------------------------------------------------------------
 
