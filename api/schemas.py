@@ -44,8 +44,12 @@ class JobOut(BaseModel):
     kind: str
     status: str
     attempt: int = Field(description="1 for the first run; a lost job is retried with attempt + 1 "
-                                     "(one handed back by a worker that was stopped keeps it)")
+                                     "(one handed back by a worker that was stopped, or retried "
+                                     "after a transient fault, keeps it); a resume adds 1")
     max_attempts: int
+    transient_retries: int = Field(description="times the job was queued again after a transient "
+                                               "fault (an outage, a full disk); not attempts")
+    retry_at: datetime | None = Field(description="while waiting to retry: not before then")
     queue: str
     params: dict[str, Any]
     depends_on_id: int | None
@@ -75,7 +79,9 @@ def _job_fields(job: Job) -> dict[str, Any]:
         fraction = min(1.0, max(0.0, job.step / job.total))
     return {
         "id": job.id, "experiment_id": job.experiment_id, "kind": job.kind, "status": job.status,
-        "attempt": job.attempt, "max_attempts": job.max_attempts, "queue": job.queue,
+        "attempt": job.attempt, "max_attempts": job.max_attempts,
+        "transient_retries": job.transient_retries or 0, "retry_at": job.retry_at,
+        "queue": job.queue,
         "params": job.params or {}, "depends_on_id": job.depends_on_id,
         "progress": JobProgress(
             step=job.step, total=job.total, fraction=fraction, loss=finite_or_none(job.loss),
