@@ -6,10 +6,11 @@ experiment succeeded, exactly one set of artifacts and no duplicate metric point
   proxy the test cuts: tests/fault_proxy.py);
 - a full disk when a checkpoint is stored (writes to /dev/full: the kernel's ENOSPC), once
   (retried, succeeds) and for good (fails, saying "disk full"), then resumed by the user;
-- sessions never idle in a transaction while a job trains.
+- sessions never idle in a transaction while a job trains;
+- a stalled heartbeat while training goes on: the reaper re-queues the job, the first
+  attempt's later writes are refused.
 
-Redis restarted empty is in tests/test_stranded_jobs.py; a stalled heartbeat while training
-goes on (the reaper re-queues, the old attempt's writes are refused) in tests/test_fencing.py.
+Redis restarted empty is in tests/test_stranded_jobs.py.
 `DRL_FAULT_TRIALS=10` repeats the connection-termination trial (default 1) to measure it.
 """
 
@@ -245,6 +246,50 @@ def test_a_disk_that_stays_full_fails_saying_so_and_the_user_resumes(in_process)
         assert (train.attempt, train.transient_retries, train.error) == (2, 0, None)
     finished = client.get(f"/experiments/{experiment_id}").json()
     assert finished["status"] == "succeeded"
+
+
+def test_a_stalled_heartbeat_while_training_goes_on(in_process, monkeypatch) -> None:
+    """The first attempt's heartbeats stop landing (a hung heartbeat thread) while it keeps
+    training; the reaper re-queues the job and a second attempt runs it. The first attempt's
+    later writes are refused by the database, so the job ends with one set of artifacts and
+    one point per step (was: two copies wrote for a minute, 150 duplicate points)."""
+    import threading
+
+    from worker.context import Heartbeat
+    from worker.reaper import reap_stale_jobs
+
+    settings, resources = in_process
+    beat = Heartbeat.beat
+    monkeypatch.setattr(Heartbeat, "beat", lambda self: None if self.attempt == 1 else beat(self))
+    with resources.sessions() as session:
+        experiment, _ = create_experiment(session, SPEC, None, None)
+        experiment_id, train_id = experiment.id, experiment.jobs[0].id
+
+    outcomes: dict[int, str] = {}
+    first = threading.Thread(target=lambda: outcomes.update({1: run_job(train_id, resources)}))
+    first.start()
+
+    def logged_step() -> int:
+        with resources.sessions() as session:
+            return session.scalar(sa.select(sa.func.max(MetricPoint.step)).where(
+                MetricPoint.job_id == train_id)) or 0
+
+    wait_for(lambda: logged_step() >= 20, 90, "the first attempt to log step 20")
+    with resources.sessions() as session:
+        assert reap_stale_jobs(session, timeout_s=0.5) == [train_id]
+    outcomes[2] = run_job(train_id, resources)
+    first.join(60)
+    assert outcomes == {1: "lost", 2: "succeeded"}
+
+    with resources.sessions() as session:
+        train = session.get(Job, train_id)
+        assert (train.status, train.attempt) == ("succeeded", 2)
+        steps = session.scalars(sa.select(MetricPoint.step).where(
+            MetricPoint.job_id == train_id, MetricPoint.key == "loss")).all()
+        keys = session.scalars(sa.select(Artifact.key).where(
+            Artifact.experiment_id == experiment_id)).all()
+    assert sorted(steps) == list(range(10, 81, 10))
+    assert sorted(keys) == resources.store.list(f"experiments/{experiment_id}/")
 
 
 # --- outages around a real worker ------------------------------------------------------------
