@@ -102,6 +102,13 @@ def test_tiny_study_writes_the_report_resumes_and_shards(tmp_path):
     assert result.report is not None
     assert before == {c.name: (runs / c.name / CELL_FILE).stat().st_mtime_ns
                       for c in budget.cells()}
+    # The report's record (committed beside it) holds every cell: on another machine, with
+    # no runs folder, the study reads it back and trains nothing.
+    records = sorted((out / "weighting" / "cells").rglob("*.json"))
+    assert len(records) == len(budget.cells())
+    again = run_weighting_study("tiny", out, runs_dir=tmp_path / "fresh", device="cpu",
+                                log=lambda m: None)
+    assert again.report is not None and not (tmp_path / "fresh").exists()
 
 
 def test_bad_shard_is_a_one_line_error(capsys):

@@ -7,9 +7,11 @@ checkpoint the EMA encoder is probed once (accuracy against training steps): the
 largest label budget and the linear probe at `CURVE_T` (any t for a static code), scored on
 the test split: a learning curve, never used to choose anything.
 
-A cell's numbers are written to `<run>/cell.json`; a later study run with the same spec reads
-them instead of training again, so an interrupted study resumes where it stopped and several
-processes (`--shard`) can share a grid.
+A cell's numbers are written to `<run>/cell.json` and to the report's record,
+`<out>/weighting/cells/<dataset>/<cell>.json` (committed beside WEIGHTING.md: the raw
+numbers every table and figure is drawn from). A later study run with the same spec reads
+either instead of training again, so an interrupted study resumes where it stopped, on this
+machine or (from the record) on another, and several processes (`--shard`) share a grid.
 """
 
 from __future__ import annotations
@@ -102,18 +104,39 @@ def curve_probe(spec: ExperimentSpec, ds: ImageDataset, device, curve: list[dict
     return probe
 
 
+def record_path(record_dir: Path, cell: Cell) -> Path:
+    """Where the report's record keeps a cell's numbers: <record_dir>/<dataset>/<cell>.json."""
+    return record_dir / f"{cell.name}.json"
+
+
+def spec_key(spec: ExperimentSpec) -> str:
+    """The spec as a cached cell must match it (the device and data folder do not count)."""
+    return spec.model_dump_json(exclude={"train": {"device"}, "dataset": {"data_dir"}})
+
+
+def cached_cell(cell: Cell, paths: list[Path], spec_json: str | None = None) -> CellResult | None:
+    """The first of `paths` that holds this cell's numbers (for `spec_json`, when given)."""
+    for path in paths:
+        if path.exists():
+            cached = CellResult.from_json(path.read_text())
+            if spec_json is None or cached.spec_json == spec_json:
+                return cached
+    return None
+
+
 def run_cell(budget: WeightingBudget, cell: Cell, ds: ImageDataset, runs_dir: Path,
-             data_dir: str | None, device: str, log: Log) -> CellResult:
-    """Train and evaluate one cell, or read its cell.json if it already ran this spec."""
+             record_dir: Path, data_dir: str | None, device: str, log: Log) -> CellResult:
+    """Train and evaluate one cell, or read its numbers back if it already ran this spec."""
     spec = cell_spec(budget, cell, data_dir, device)
-    spec_json = spec.model_dump_json(exclude={"train": {"device"}, "dataset": {"data_dir"}})
+    spec_json = spec_key(spec)
     run_dir = runs_dir / cell.name
-    done = run_dir / CELL_FILE
-    if done.exists():
-        cached = CellResult.from_json(done.read_text())
-        if cached.spec_json == spec_json:
-            log(f"--- {cell.name}: already ran ({done})")
-            return cached
+    done, record = run_dir / CELL_FILE, record_path(record_dir, cell)
+    if (cached := cached_cell(cell, [done, record], spec_json)) is not None:
+        log(f"--- {cell.name}: already ran")
+        if not record.exists():
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(cached.to_json())
+        return cached
     log(f"--- {cell.name}: {spec.train.total_steps} steps -> {run_dir}")
     curve: list[dict] = []
     start = time.perf_counter()
@@ -130,4 +153,6 @@ def run_cell(budget: WeightingBudget, cell: Cell, ds: ImageDataset, runs_dir: Pa
         agreement=sample.get("reconstruction_agreement",
                              (metrics.get("reconstructions") or {}).get("reconstruction_agreement")))
     done.write_text(result.to_json())
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(result.to_json())
     return result

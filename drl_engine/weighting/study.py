@@ -4,7 +4,8 @@ Cells run one after another in this process (each a `drl run` into runs_dir/<dat
 `shard=(i, n)` runs every n-th cell starting at i, so n processes with OMP_NUM_THREADS=1 can
 share a grid on n cores. A cell that already ran (its cell.json, same spec) is read back, so
 the report is written by whichever process finds every cell done, and an interrupted study
-resumes where it stopped.
+resumes where it stopped. Each cell's numbers are also kept in the report's record
+(`<out>/weighting/cells/`, committed), so the grid can be finished on another machine.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from ..datasets import ImageDataset, load_dataset
 from .budgets import WeightingBudget, get_budget
-from .cells import CELL_FILE, CellResult, cell_spec, run_cell
+from .cells import CELL_FILE, CellResult, cached_cell, cell_spec, record_path, run_cell, spec_key
 from .report import render_report
 
 Log = Callable[[str], None]
@@ -45,6 +46,7 @@ def run_weighting_study(budget: str | WeightingBudget, out_dir: str | Path, *,
         raise ValueError(f"--shard: expected I/N with 0 <= I < N, got {index}/{count}")
     out_dir = Path(out_dir)
     runs_dir = Path(runs_dir) if runs_dir else Path("runs") / f"weighting-study-{budget.name}"
+    record_dir = out_dir / "weighting" / "cells"
     command = command or f"drl weighting-study --budget {budget.name} --out {out_dir}"
     start = time.perf_counter()
     cells = budget.cells()
@@ -55,14 +57,15 @@ def run_weighting_study(budget: str | WeightingBudget, out_dir: str | Path, *,
             continue
         if cell.dataset not in datasets:   # one load per dataset: its cells share the data
             datasets[cell.dataset] = load_dataset(cell_spec(budget, cell, data_dir, device).dataset)
-        results.append(run_cell(budget, cell, datasets[cell.dataset], runs_dir, data_dir,
-                                device, log))
+        results.append(run_cell(budget, cell, datasets[cell.dataset], runs_dir, record_dir,
+                                data_dir, device, log))
     # Every cell, this shard's and the others' (read back from their cell.json).
     done = {r.cell: r for r in results}
     for cell in cells:
-        path = runs_dir / cell.name / CELL_FILE
-        if cell not in done and path.exists():
-            done[cell] = CellResult.from_json(path.read_text())
+        paths = [runs_dir / cell.name / CELL_FILE, record_path(record_dir, cell)]
+        spec_json = spec_key(cell_spec(budget, cell, data_dir, device))
+        if cell not in done and (cached := cached_cell(cell, paths, spec_json)) is not None:
+            done[cell] = cached
     missing = [c.name for c in cells if c not in done]
     seconds = time.perf_counter() - start
     if missing and not report_only:
