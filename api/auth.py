@@ -7,8 +7,10 @@ password hash is enough here because the token is random, not a guessable passwo
 
 With `settings.auth_enabled` every endpoint but /healthz and /readyz needs
 `Authorization: Bearer <token>`; otherwise requests run as nobody (owner None).
-Only an experiment's owner may cancel or delete it. A revoked token is refused from the
-next request on: every request looks its token up, nothing caches it.
+Reads are open to the whole team; every write on an experiment (cancel, resume, delete,
+new sample or encoding jobs) is its owner's or an admin's (`require_owner`; a user is made an
+admin by `drl token create NAME --admin`). A revoked token is refused from the next request
+on: every request looks its token up, nothing caches it.
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def create_token(session: Session, user_name: str, token_name: str) -> str:
+def create_token(session: Session, user_name: str, token_name: str,
+                 admin: bool | None = None) -> str:
     """A new token for `user_name` (the user is created if needed); returns the plaintext,
-    which is not stored anywhere. Flushes but does not commit: the caller's transaction."""
+    which is not stored anywhere. `admin` True or False makes the user an admin or not; None
+    leaves them as they are (a new user is not). Flushes but does not commit: the caller's
+    transaction."""
     user_name = user_name.strip()
     if not user_name or len(user_name) > 100:
         raise ValueError(f"user name {user_name!r}: expected 1 to 100 characters")
@@ -46,7 +51,9 @@ def create_token(session: Session, user_name: str, token_name: str) -> str:
     if user is None:
         user = User(name=user_name)
         session.add(user)
-        session.flush()
+    if admin is not None:
+        user.is_admin = admin
+    session.flush()
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     session.add(ApiToken(user_id=user.id, name=token_name, token_hash=hash_token(token),
                          prefix=token[:SHOWN_PREFIX_CHARS]))
@@ -128,9 +135,12 @@ def authenticate(session: Session, scheme: str | None, token: str | None) -> Use
 
 
 def require_owner(user: User | None, experiment: Experiment, action: str) -> None:
-    """403 unless `user` may `action` the experiment: its owner. With auth off (user None)
-    anyone may; an experiment created while auth was off (no owner) any signed-in user may."""
-    if user is None or experiment.owner_id is None or experiment.owner_id == user.id:
+    """403 unless `user` may `action` the experiment: its owner or an admin. With auth off
+    (user None) anyone may; an experiment created while auth was off (no owner) any signed-in
+    user may."""
+    if user is None or user.is_admin or experiment.owner_id in (None, user.id):
         return
-    raise Problem(403, f"only the owner of experiment {experiment.id} may {action} it",
-                  type=FORBIDDEN, title="Forbidden")
+    owner = experiment.owner.name
+    raise Problem(403, f"only the owner of experiment {experiment.id} ({owner}) or an admin may "
+                       f"{action} it; you are {user.name}",
+                  type=FORBIDDEN, title="Forbidden", experiment=experiment.id, owner=owner)

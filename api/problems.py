@@ -57,7 +57,7 @@ def problem_type(slug: str) -> str:
 VALIDATION = problem_type("validation-error")      # 422: a field is invalid (see `errors`)
 NOT_FOUND = problem_type("not-found")              # 404: no such experiment, job, t, ...
 UNAUTHORIZED = problem_type("unauthorized")        # 401: missing or unknown bearer token
-FORBIDDEN = problem_type("forbidden")              # 403: not the experiment's owner
+FORBIDDEN = problem_type("forbidden")              # 403: neither its owner nor an admin
 CONFLICT = problem_type("conflict")                # 409: idempotency key reused with another spec
 NOT_READY = problem_type("not-ready")              # 409: a result its job has not produced yet
 NO_ENCODER = problem_type("no-encoder")            # 422: the model kind has no code (vdm)

@@ -1,4 +1,5 @@
-"""`drl token create NAME`, `drl token list`, `drl token revoke NAME`: API bearer tokens.
+"""`drl token create NAME [--admin]`, `drl token list`, `drl token revoke NAME`: API bearer
+tokens, and who is an admin (may change any experiment, not only their own).
 
 Runs against the settings' database directly (DRL_DATABASE_URL, or the SQLite file under
 --home / DRL_HOME), as an administrator on the server's machine would. Only a token's
@@ -37,13 +38,18 @@ def add_parser(sub) -> None:
                                             "and cannot be shown again.")
     create.add_argument("name", help="user name")
     create.add_argument("--label", default="cli", help="what the token is for (default: cli)")
+    create.add_argument("--admin", action=argparse.BooleanOptionalAction, default=None,
+                        help="make the user an admin, who may cancel, resume or delete any "
+                             "experiment and add jobs to it (--no-admin: an ordinary user "
+                             "again; default: as they are, a new user is not)")
     create.add_argument("--home", **home)
     create.set_defaults(func=create_token_command)
 
     listing = actions.add_parser("list", help="list tokens (never the tokens themselves)",
                                  description="List the active tokens: user, label, the token's "
                                              "first characters, when it was created and last used "
-                                             "(to the minute), in UTC.")
+                                             "(to the minute), in UTC, and whether its user is "
+                                             "an admin.")
     listing.add_argument("name", nargs="?", help="only this user's tokens")
     listing.add_argument("--all", action="store_true", help="include revoked tokens")
     listing.add_argument("--home", **home)
@@ -86,12 +92,13 @@ def create_token_command(args: argparse.Namespace) -> int:
 
     try:
         with token_database(args.home) as session:
-            token = create_token(session, args.name, args.label)
+            token = create_token(session, args.name, args.label, admin=args.admin)
     except ValueError as err:
         raise CLIError(str(err)) from None
     print(token)
-    print(f"token for {args.name!r} created; it is stored hashed and will not be shown again",
-          file=sys.stderr)
+    role = {True: " (an admin)", False: " (not an admin)", None: ""}[args.admin]
+    print(f"token for {args.name!r}{role} created; it is stored hashed and will not be shown "
+          "again", file=sys.stderr)
     return 0
 
 
@@ -127,8 +134,10 @@ def _when(moment: datetime | None) -> str:
 
 
 def format_tokens(tokens: list[ApiToken], with_revoked: bool) -> str:
-    header = ["USER", "LABEL", "PREFIX", "CREATED", "LAST USED"] + (["REVOKED"] if with_revoked else [])
-    rows = [[t.user.name, t.name, f"{t.prefix}...", _when(t.created_at), _when(t.last_used_at)]
+    header = ["USER", "LABEL", "PREFIX", "CREATED", "LAST USED", "ADMIN"] + (
+        ["REVOKED"] if with_revoked else [])
+    rows = [[t.user.name, t.name, f"{t.prefix}...", _when(t.created_at), _when(t.last_used_at),
+             "yes" if t.user.is_admin else "no"]
             + ([_when(t.revoked_at)] if with_revoked else []) for t in tokens]
     kind = "token" if with_revoked else "active token"
     return format_table(header, rows) + f"\n({counted(len(tokens), kind)}; times in UTC)"

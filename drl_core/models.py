@@ -84,6 +84,8 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(100), unique=True)
+    # May change any experiment, not only their own (api/auth.py require_owner).
+    is_admin: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
 
     tokens: Mapped[list[ApiToken]] = relationship(

@@ -710,6 +710,39 @@ def test_only_the_owner_may_cancel_or_delete(auth_client: TestClient, tokens: di
     assert auth_client.delete(f"/experiments/{experiment_id}", headers=alice).status_code == 204
 
 
+# Every write on an experiment: (method, path, body, the owner's status). A resume needs
+# something to resume: the experiment is cancelled first.
+WRITES = {
+    "cancel": ("POST", "/experiments/{id}/cancel", None, 200),
+    "resume": ("POST", "/experiments/{id}/resume", None, 202),
+    "delete": ("DELETE", "/experiments/{id}", None, 204),
+    "samples": ("POST", "/experiments/{id}/samples", {"count": 4}, 202),
+    "encodings": ("POST", "/experiments/{id}/encodings", {"t": [0.3]}, 202),
+}
+
+
+@pytest.mark.parametrize("action", WRITES)
+def test_each_write_is_the_owners_or_an_admins(auth_client: TestClient, tokens: dict[str, str],
+                                              session: Session, action: str) -> None:
+    method, path, body, allowed = WRITES[action]
+    root = create_token(session, "root", "laptop", admin=True)
+    session.commit()
+    alice, bob = bearer(tokens["alice"]), bearer(tokens["bob"])
+    for writer in (alice, bearer(root)):   # each on an experiment of alice's
+        experiment_id = submit(auth_client, None, **alice)["id"]
+        if action == "resume":
+            cancelled = auth_client.post(f"/experiments/{experiment_id}/cancel", headers=alice)
+            assert cancelled.status_code == 200
+        url = path.format(id=experiment_id)
+        refused = assert_problem(auth_client.request(method, url, json=body, headers=bob), 403)
+        assert refused["owner"] == "alice" and refused["experiment"] == experiment_id
+        assert (f"only the owner of experiment {experiment_id} (alice) or an admin"
+                in refused["detail"])
+        assert auth_client.get(f"/experiments/{experiment_id}", headers=bob).status_code == 200
+        response = auth_client.request(method, url, json=body, headers=writer)
+        assert response.status_code == allowed, response.text
+
+
 def test_a_revoked_token_is_refused_at_once(auth_client: TestClient, tokens: dict[str, str],
                                             session: Session) -> None:
     assert auth_client.get("/experiments", headers=bearer(tokens["alice"])).status_code == 200

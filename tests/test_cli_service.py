@@ -278,6 +278,33 @@ def test_token_create_prints_a_token_that_authenticates(tmp_path: Path, data_dir
         assert token.encode() not in database_file.read_bytes()
 
 
+def test_token_create_admin_makes_an_admin_who_may_change_anyones_experiment(
+        tmp_path: Path, data_dir: Path) -> None:
+    home = tmp_path / "home"
+    env = drl_env(home, data_dir)
+    tokens = {}
+    for user, flags in (("alice", []), ("root", ["--admin"])):
+        created = drl("token", "create", user, *flags, "--home", str(home), env=env)
+        assert created.returncode == 0, created.stderr
+        tokens[user] = {"Authorization": f"Bearer {created.stdout.strip()}"}
+    assert "'root' (an admin) created" in created.stderr
+    listed = drl("token", "list", "--home", str(home), env=env).stdout.splitlines()
+    users = [(row.split()[0], row.split()[-1]) for row in listed[1:-1]]
+    assert users == [("alice", "no"), ("root", "yes")]
+
+    settings = Settings(home=home, database_url=None, broker_url=None, artifact_dir=None,
+                        auth_enabled=True, data_dir=data_dir)
+    with TestClient(create_app(settings)) as client:
+        created = client.post("/experiments", json=TINY_SPEC, headers=tokens["alice"])
+        assert created.status_code == 201, created.text
+        cancel = f"/experiments/{created.json()['id']}/cancel"
+        assert client.post(cancel, headers=tokens["root"]).status_code == 200
+        # --no-admin: an ordinary user again, from the next request on
+        demoted = drl("token", "create", "root", "--no-admin", "--home", str(home), env=env)
+        assert demoted.returncode == 0, demoted.stderr
+        assert client.post(cancel, headers=tokens["root"]).status_code == 403
+
+
 def test_token_list_never_shows_a_token_and_revoke_refuses_it_at_once(tmp_path: Path,
                                                                       data_dir: Path) -> None:
     home = tmp_path / "home"
@@ -298,10 +325,11 @@ def test_token_list_never_shows_a_token_and_revoke_refuses_it_at_once(tmp_path: 
         listed = drl("token", "list", "--home", str(home), env=env)
         assert listed.returncode == 0, listed.stderr
         header, *rows, footer = listed.stdout.splitlines()
-        assert header.split() == ["USER", "LABEL", "PREFIX", "CREATED", "LAST", "USED"]
+        assert header.split() == ["USER", "LABEL", "PREFIX", "CREATED", "LAST", "USED", "ADMIN"]
         cells = [row.split() for row in rows]
         assert [(c[0], c[1]) for c in cells] == [("alice", "laptop"), ("alice", "ci"), ("bob", "cli")]
-        assert cells[0][-1] != "-" and cells[1][-1] == "-"   # last used: laptop only
+        assert cells[0][-2] != "-" and cells[1][-2] == "-"   # last used: laptop only
+        assert [c[-1] for c in cells] == ["no", "no", "no"]
         assert footer == "(3 active tokens; times in UTC)"
         for token, row in zip(tokens.values(), cells):   # its first characters, never it or its hash
             assert token.startswith(row[2].removesuffix("..."))

@@ -27,7 +27,8 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Query, Response, status
 from sqlalchemy.orm import Session
 
-from api.deps import AppState, SessionDep, StateDep, StoreDep
+from api.auth import require_owner
+from api.deps import AppState, CurrentUser, SessionDep, StateDep, StoreDep
 from api.lookups import (MAX_ID, ExperimentId, describe_job, get_experiment, latest_job,
                          no_encoder_problem, require_encoder)
 from api.problems import NOT_FOUND, NOT_READY, Problem, field_error, problem_responses, validation_problem
@@ -165,13 +166,15 @@ def read_embedding_labels(
 
 @router.post("/experiments/{experiment_id}/encodings", status_code=status.HTTP_202_ACCEPTED,
              response_model=JobOut, summary="Encode both splits at more t values (a job)",
-             responses=problem_responses(401, 404, 409, 422, 503))
+             responses=problem_responses(401, 403, 404, 409, 422, 503))
 def request_encodings(experiment_id: ExperimentId, request: EncodeRequest, session: SessionDep,
-                      state: StateDep) -> JobOut:
+                      state: StateDep, user: CurrentUser) -> JobOut:
     """Needs a finished training (409 before) and a model kind with an encoder (422, type
-    no-encoder, for vdm). The job's id is in the answer: follow it at /jobs/{id}; the
-    embeddings appear under GET /embeddings when it succeeds."""
+    no-encoder, for vdm); only the experiment's owner or an admin may ask (403). The job's id
+    is in the answer: follow it at /jobs/{id}; the embeddings appear under GET /embeddings
+    when it succeeds."""
     experiment = get_experiment(session, experiment_id)
+    require_owner(user, experiment, "encode")
     try:
         job = service.request_encodings(session, experiment, request.t, celery_app=state.celery)
     except service.NotReady as err:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 from sqlalchemy.orm import Session
 
-from api.deps import SessionDep, StateDep, StoreDep
+from api.auth import require_owner
+from api.deps import CurrentUser, SessionDep, StateDep, StoreDep
 from api.lookups import ExperimentId, JobId, artifacts_of, describe_job, get_experiment, get_job
 from api.problems import NOT_FOUND, NOT_READY, Problem, problem_responses, spec_problem
 from api.schemas import JobOut, SampleOut, SampleRequest
@@ -23,15 +24,17 @@ PNG_RESPONSE = {200: {"content": {"image/png": {}}, "description": "the sample g
 
 @router.post("/experiments/{experiment_id}/samples", status_code=status.HTTP_202_ACCEPTED,
              response_model=JobOut, summary="Draw samples (a job)",
-             responses=problem_responses(401, 404, 409, 422, 503))
+             responses=problem_responses(401, 403, 404, 409, 422, 503))
 def request_samples(experiment_id: ExperimentId, request: SampleRequest,  # type: ignore[valid-type]
-                    session: SessionDep, state: StateDep) -> JobOut:
+                    session: SessionDep, state: StateDep, user: CurrentUser) -> JobOut:
     """The body's fields override the experiment's `sample` section (sampler, steps, t_init,
     prior, code_source, count, seed, ...). The job runs once training has succeeded; 409 if
     training failed or was cancelled. The PNG is at /experiments/{id}/samples/{job_id}.png.
     `code_source: "interpolation"` (vdm_vae only) decodes codes between pairs of test images:
-    `count` is pairs x 8 points, pairs = max(1, count // 8); one PNG row per pair."""
+    `count` is pairs x 8 points, pairs = max(1, count // 8); one PNG row per pair. Only the
+    experiment's owner or an admin may ask (403)."""
     experiment = get_experiment(session, experiment_id)
+    require_owner(user, experiment, "draw samples from")
     params = request.model_dump(exclude_none=True)
     try:
         job = service.request_samples(session, experiment, params, celery_app=state.celery)
