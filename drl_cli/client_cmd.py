@@ -1,5 +1,5 @@
-"""`drl submit`, `drl status`, `drl cancel`, `drl resume`, `drl embeddings`, `drl samples`:
-the HTTP client side of the service.
+"""`drl submit`, `drl status`, `drl watch`, `drl logs`, `drl cancel`, `drl resume`,
+`drl delete`, `drl embeddings`, `drl samples`: the HTTP client side of the service.
 
 The server is `--url`, else $DRL_API_URL, else http://127.0.0.1:8000; the token is `--token`,
 else $DRL_TOKEN. A server error is printed as its problem's detail on one line; the exit
@@ -12,6 +12,9 @@ import argparse
 import io
 import os
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +29,13 @@ if TYPE_CHECKING:
 DEFAULT_URL = "http://127.0.0.1:8000"
 TIMEOUT_S = 30.0
 NPY_PAGE_ROWS = 10_000  # the server's largest page (api/routers/embeddings.py MAX_PAGE_ROWS)
+# How often `drl logs -f` asks again for a job that is not running (queued, or retrying), and
+# `drl watch` reads the experiment.
+FOLLOW_RETRY_S = 1.0
+WATCH_POLL_S = 1.0
+# The statuses of a job or an experiment that has finished (drl_core.job_states.TERMINAL,
+# spelled out: the client commands import nothing of the service).
+FINISHED = ("succeeded", "failed", "cancelled")
 
 
 class ApiClient:
@@ -60,6 +70,20 @@ class ApiClient:
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.request(method, path, **kwargs).json()
+
+    @contextmanager
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        """A response whose body is read as it comes (no read timeout: a followed log may be
+        quiet for long); an error status is a CLIError as for `request`."""
+        timeout = httpx.Timeout(self._http.timeout.connect, read=None)
+        try:
+            with self._http.stream(method, path, timeout=timeout, **kwargs) as response:
+                if response.is_error:
+                    response.read()
+                yield self._checked(response)
+        except httpx.TransportError as err:
+            raise CLIError(f"lost the drl server at {self.url} ({_reason(err)})",
+                           EXIT_FAILED) from None
 
     def close(self) -> None:
         self._http.close()
@@ -107,6 +131,22 @@ def add_parser(sub) -> None:
     p.add_argument("--limit", type=int, default=20, help="experiments to list (default 20)")
     p.set_defaults(func=status)
 
+    p = sub.add_parser("watch", parents=[common],
+                       help="a live progress bar of an experiment until it ends",
+                       description="Show the running job's progress (train steps, encoded t, "
+                                   "...) until the experiment ends; exit 0 if it succeeded, 1 "
+                                   "if it failed or was cancelled.")
+    p.add_argument("id", type=int, help="experiment id")
+    p.set_defaults(func=watch)
+
+    p = sub.add_parser("logs", parents=[common], help="print a job's whole log",
+                       description="Print every line job JOB logged, in all its runs (job ids: "
+                                   "`drl status ID`).")
+    p.add_argument("job", type=int, help="job id")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep printing lines as they come until the job has finished")
+    p.set_defaults(func=logs)
+
     p = sub.add_parser("cancel", parents=[common],
                        help="cancel an experiment's queued and running jobs",
                        description="Queued jobs are cancelled at once; running ones stop at "
@@ -121,6 +161,13 @@ def add_parser(sub) -> None:
                                    "training continues from its last stored checkpoint.")
     p.add_argument("id", type=int, help="experiment id")
     p.set_defaults(func=resume)
+
+    p = sub.add_parser("delete", parents=[common],
+                       help="delete an experiment, its jobs and all its artifacts",
+                       description="Cancel what runs, then delete the experiment with its jobs, "
+                                   "checkpoints, embeddings, samples and logs. There is no undo.")
+    p.add_argument("id", type=int, help="experiment id")
+    p.set_defaults(func=delete)
 
     p = sub.add_parser("embeddings", parents=[common], help="download embeddings at one t as .npy")
     p.add_argument("id", type=int, help="experiment id")
@@ -201,6 +248,98 @@ def _act(args: argparse.Namespace, action: str) -> int:
     finally:
         client.close()
     return 0
+
+
+def delete(args: argparse.Namespace) -> int:
+    client = client_for(args)
+    try:
+        client.request("DELETE", f"/experiments/{args.id}")
+    finally:
+        client.close()
+    print(f"deleted experiment {args.id}")
+    return 0
+
+
+def logs(args: argparse.Namespace) -> int:
+    """GET /jobs/JOB/log; with -f, followed: the server streams while the job runs and ends
+    the stream when it does not (finished, or queued: waiting or retrying), so the stream is
+    asked for again, from the byte reached, until the job has finished."""
+    out = sys.stdout.buffer
+    client = client_for(args)
+    try:
+        if not args.follow:
+            out.write(client.request("GET", f"/jobs/{args.job}/log").content)
+            return 0
+        offset = 0
+        while True:
+            with client.stream("GET", f"/jobs/{args.job}/log",
+                               params={"follow": "true", "offset": offset}) as response:
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+                    out.flush()
+                    offset += len(chunk)
+            if client.json("GET", f"/jobs/{args.job}")["status"] in FINISHED:
+                return 0
+            time.sleep(FOLLOW_RETRY_S)
+    finally:
+        out.flush()
+        client.close()
+
+
+def watch(args: argparse.Namespace) -> int:
+    """A tqdm bar for the experiment's running job (a new bar when another job starts) until
+    the experiment ends."""
+    from tqdm import tqdm
+
+    client = client_for(args)
+    bar: tqdm | None = None
+    shown: int | None = None   # the job the bar is for
+    try:
+        while True:
+            experiment = client.json("GET", f"/experiments/{args.id}")
+            job = current_job(experiment["jobs"])
+            if job is not None and job["id"] != shown:
+                if bar is not None:
+                    bar.close()
+                bar, shown = tqdm(desc=f"{job['kind']} (job {job['id']})", unit="step"), job["id"]
+            if bar is not None and job is not None:
+                update_bar(bar, job)
+            if experiment["status"] in FINISHED:
+                break
+            time.sleep(WATCH_POLL_S)
+    finally:
+        if bar is not None:
+            bar.close()
+        client.close()
+    if experiment["status"] == "succeeded":
+        print(f"experiment {args.id} succeeded")
+        return 0
+    if experiment["status"] == "failed":
+        raise CLIError(f"experiment {args.id} failed at {experiment['failed_step']}: "
+                       f"{experiment.get('error')}", EXIT_FAILED)
+    raise CLIError(f"experiment {args.id} was cancelled", EXIT_FAILED)
+
+
+def current_job(jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The job to show: the first running (or being cancelled) one, else the first queued one,
+    else the last one."""
+    for wanted in (("running", "cancelling"), ("queued",)):
+        for job in jobs:
+            if job["status"] in wanted:
+                return job
+    return jobs[-1] if jobs else None
+
+
+def update_bar(bar: Any, job: dict[str, Any]) -> None:
+    progress = job.get("progress") or {}
+    if progress.get("total") and bar.total != progress["total"]:
+        bar.total = progress["total"]
+    bar.n = progress.get("step") or 0
+    postfix = {"status": job["status"]}
+    if progress.get("loss") is not None:
+        postfix["loss"] = f"{progress['loss']:.4g}"
+    bar.set_postfix(postfix, refresh=False)
+    bar.refresh()
 
 
 def embeddings(args: argparse.Namespace) -> int:

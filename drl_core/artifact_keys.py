@@ -7,6 +7,7 @@
     experiments/<id>/probes/probes.json   (and probes.csv, probes.png)
     experiments/<id>/samples/<job_id>.png
     experiments/<id>/metrics/bits_per_dim.json   (VDM kinds: test-set bits/dim per ELBO term)
+    experiments/<id>/logs/<job_id>.log   (a job's whole log, every attempt's, as UTF-8 text)
 
 Keys are a pure function of what they hold (experiment, step, split, t, job), so a job that
 runs twice writes the same keys again and never a second copy. The `kind` and `meta` recorded
@@ -36,6 +37,7 @@ class ArtifactKind(StrEnum):
     PROBES = "probes"         # meta {"format": "json"|"csv"|"png"}; the json row adds "best", "control_best"
     SAMPLE = "sample"         # meta {"job_id": N, "count", "sampler", "steps", "code_source", "fd_lenet" (when computed)}
     METRICS = "metrics"       # meta {"name": "bits_per_dim", "values": {...}}: what the file holds
+    LOG = "log"               # meta {"job_id": N, "lines": n}
 
 
 SPLITS = ("train", "test")
@@ -104,3 +106,7 @@ def metrics_key(experiment_id: int, name: str) -> str:
     if name not in METRICS_NAMES:
         raise ValueError(f"metrics name: expected one of {', '.join(METRICS_NAMES)}, got {name!r}")
     return f"{experiment_prefix(experiment_id)}metrics/{name}.json"
+
+
+def log_key(experiment_id: int, job_id: int) -> str:
+    return f"{experiment_prefix(experiment_id)}logs/{int(job_id)}.log"

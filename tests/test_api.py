@@ -29,7 +29,8 @@ from api.auth import create_token, list_tokens, revoke_tokens
 from api.main import create_app
 from api.request_limits import MAX_BODY_BYTES
 from api.routers.health import UNREPORTED_FAILURE
-from drl_core.artifact_keys import embedding_key, experiment_prefix, labels_key, probes_key, sample_key
+from drl_core.artifact_keys import (embedding_key, experiment_prefix, labels_key, log_key,
+                                    probes_key, sample_key)
 from drl_core.artifacts import LocalArtifactStore
 from drl_core.code_usage_metrics import code_usage_points
 from drl_core.db import session_factory
@@ -576,6 +577,28 @@ def test_samples_request_and_png(client: TestClient, session: Session, store: Lo
     assert_problem(client.get(f"{url}/{train_id}.png"), 404)  # not a sample job
     assert_problem(client.get(f"{url}/424242.png"), 404)
     assert_problem(client.get(f"{url}/abc.png"), 422, "job_id")
+
+
+def test_job_log(client: TestClient, session: Session, store: LocalArtifactStore) -> None:
+    experiment_id = submit(client)["id"]
+    train = job_of(session, experiment_id, "train")
+    url = f"/jobs/{train.id}/log"
+    response = client.get(url)
+    assert (response.status_code, response.text) == (200, "")   # queued: nothing logged yet
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
+    assert client.get(url, params={"follow": True}).text == ""  # not running: ends at once
+    run_job(session, train, "running", log_tail=["loading", "step 1"])
+    assert client.get(url).text == "loading\nstep 1\n"         # nothing stored yet: the tail
+    store.put_bytes(log_key(experiment_id, train.id), b"=== attempt 1 ===\nloading\nstep 1\n")
+    assert client.get(url).text == "=== attempt 1 ===\nloading\nstep 1\n"
+    assert client.get(url, params={"offset": 26}).text == "step 1\n"
+    transition(session, train, "succeeded")
+    session.commit()
+    followed = client.get(url, params={"follow": True, "offset": 18})
+    assert followed.status_code == 200 and followed.text == "loading\nstep 1\n"
+    assert client.get(url, params={"offset": 1000}).text == ""
+    assert_problem(client.get("/jobs/424242/log"), 404)
+    assert_problem(client.get(url, params={"offset": -1}), 422, "offset")
 
 
 # --- health ------------------------------------------------------------------------------

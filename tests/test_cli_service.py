@@ -249,6 +249,80 @@ def test_a_second_ctrl_c_stops_serve_at_once(served, tmp_path: Path) -> None:
     assert "drl: stopped at once" in log.read_text()
 
 
+def test_logs_follow_watch_and_delete(served, tmp_path: Path) -> None:
+    """`drl logs JOB -f` prints lines as the training logs them and ends when the job does,
+    having printed its whole log; `drl watch ID` shows progress until the experiment ends
+    (exit 0: succeeded, 1: cancelled); a job that logs more than 50 lines keeps them all in
+    its log (its row, the last 50); `drl delete ID` removes the experiment and its files."""
+    import threading
+
+    from drl_core.artifact_keys import experiment_prefix
+    from drl_core.artifacts import LocalArtifactStore
+
+    url, serve, env = served
+
+    def drl_process(*args: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "drl_cli.main", *args, "--url", url],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    # A training that runs until it is cancelled, followed once it has logged progress.
+    endless = {**TINY_SPEC, "train": {**TINY_SPEC["train"], "iterations": 100_000,
+                                      "checkpoint_every": 100_000, "log_every": 2}}
+    created = httpx.post(f"{url}/experiments", json=endless, timeout=30).json()
+    endless_id, train_id = created["id"], created["jobs"][0]["id"]
+    log_url = f"{url}/jobs/{train_id}/log"
+    wait_until(lambda: "step " in httpx.get(log_url, timeout=10).text, FINISH_TIMEOUT_S,
+               "the training's first progress line")
+    before = httpx.get(log_url, timeout=10).text
+    assert before.startswith("=== attempt 1 on ") and "dataset digits" in before, before
+    follower = drl_process("logs", str(train_id), "-f")
+    watcher = drl_process("watch", str(endless_id))
+    received: list[str] = []
+
+    def read_follower() -> None:
+        for line in follower.stdout:
+            received.append(line)
+
+    reader = threading.Thread(target=read_follower, daemon=True)
+    reader.start()
+    # A line logged after the follow began (progress: every 10 s) arrives while the job runs.
+    wait_until(lambda: len("".join(received)) > len(before), 60,
+               "a line logged after the follow began")
+    assert httpx.get(f"{url}/jobs/{train_id}", timeout=10).json()["status"] == "running"
+    assert drl("cancel", str(endless_id), "--url", url, env=env).returncode == 0
+    assert follower.wait(60) == 0, follower.stderr.read()
+    assert watcher.wait(60) == 1
+    assert f"experiment {endless_id} was cancelled" in watcher.stderr.read()
+    reader.join(10)   # it has read the last lines
+    whole = drl("logs", str(train_id), "--url", url, env=env)
+    assert whole.returncode == 0 and "".join(received) == whole.stdout == httpx.get(log_url).text
+
+    # A probe job with 26 t values logs two tables of 28 lines: all kept, the row keeps 50.
+    fine = {**TINY_SPEC, "evaluate": {**TINY_SPEC["evaluate"],
+                                      "t_grid": [round(i * 0.04, 2) for i in range(26)]}}
+    created = httpx.post(f"{url}/experiments", json=fine, timeout=30).json()
+    fine_id, probe_id = created["id"], created["jobs"][2]["id"]
+    watched = drl("watch", str(fine_id), "--url", url, env=env, timeout=FINISH_TIMEOUT_S)
+    assert watched.returncode == 0, watched.stderr
+    assert watched.stdout.strip() == f"experiment {fine_id} succeeded"
+    assert "probe (job" in watched.stderr   # a bar per job
+    full = drl("logs", str(probe_id), "--url", url, env=env).stdout.splitlines()
+    tail = httpx.get(f"{url}/jobs/{probe_id}", timeout=10).json()["log_tail"]
+    assert len(full) > 50 and len(tail) == 50 and full[-50:] == tail
+
+    store = LocalArtifactStore(tmp_path / "home" / "artifacts")
+    stored = store.list(experiment_prefix(fine_id))
+    assert f"{experiment_prefix(fine_id)}logs/{probe_id}.log" in stored
+    deleted = drl("delete", str(fine_id), "--url", url, env=env)
+    assert deleted.returncode == 0 and deleted.stdout.strip() == f"deleted experiment {fine_id}"
+    gone = drl("status", str(fine_id), "--url", url, env=env)
+    assert gone.returncode == 2 and "not found" in gone.stderr
+    assert store.list(experiment_prefix(fine_id)) == []
+
+    serve.send_signal(signal.SIGTERM)
+    serve.wait(STOP_TIMEOUT_S)
+
+
 def test_client_errors_and_unreachable_server(tmp_path: Path, data_dir: Path) -> None:
     env = drl_env(tmp_path / "home", data_dir)
     url = f"http://127.0.0.1:{free_port()}"

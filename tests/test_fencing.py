@@ -7,6 +7,7 @@ fencing token the database checks.
 - the reaper's compare-and-set includes the heartbeat time it judged stale: a heartbeat that
   lands after the judgement (held up by a row lock, as in the issue) keeps the job;
 - metric points are one per (job, key, step);
+- a job's whole log adds each run to the earlier runs' and stops once its attempt is lost;
 - Heartbeat.stop() returns after its timeout when a beat hangs in the database.
 """
 
@@ -22,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from drl_core.artifact_keys import ArtifactKind
+from drl_core.artifact_keys import ArtifactKind, log_key
 from drl_core.artifacts import StoredArtifact
 from drl_core.db import session_factory
 from drl_core.fencing import fenced_session
@@ -31,6 +32,7 @@ from drl_core.models import Artifact, Experiment, Job, MetricPoint
 from drl_core.settings import Settings
 from worker import reaper
 from worker.context import Heartbeat, JobContext, JobLost, WorkerResources, upsert_artifact
+from worker.job_log import JobLog
 
 pytest.register_assert_rewrite("worker_fixtures")
 from worker_fixtures import tiny_spec  # noqa: E402
@@ -140,6 +142,32 @@ def test_a_stale_attempts_writes_are_refused_by_the_database(db_session: Session
     second.delete_artifact(second.artifacts(ArtifactKind.CHECKPOINT)[0])
     assert points(db_session, job) == [("loss", 10, 0.5), ("loss", 20, 0.3)]
     assert artifact_keys(db_session) == [] and not second.store.exists(kept.key)
+
+
+def test_a_job_log_adds_to_earlier_runs_and_stops_once_the_job_is_lost(
+        db_session: Session, contexts) -> None:
+    job = running_job(db_session)
+    resources = contexts(job, 1).resources
+    key = log_key(job.experiment_id, job.id)
+    first = JobLog(resources, job.experiment_id, job.id, 1, interval_s=60)
+    first.write("=== attempt 1 ===")
+    first.write("step 10")
+    assert first.upload() and not first.upload()   # nothing new: nothing uploaded
+
+    hand_over(db_session, job)
+    first.write("a late line")
+    assert not first.upload(always=True) and first.lost.is_set()
+    assert resources.store.get_bytes(key) == b"=== attempt 1 ===\nstep 10\n"
+
+    second = JobLog(resources, job.experiment_id, job.id, 2, interval_s=60)
+    second.write("=== attempt 2 ===")
+    assert second.stop()   # never started: the final upload alone
+    whole = b"=== attempt 1 ===\nstep 10\n=== attempt 2 ===\n"
+    assert resources.store.get_bytes(key) == whole
+    db_session.expire_all()
+    row = db_session.scalars(sa.select(Artifact)).one()
+    assert (row.key, row.kind, row.job_id, row.size) == (key, "log", job.id, len(whole))
+    assert row.meta == {"job_id": job.id, "lines": 3}
 
 
 def test_a_finished_or_deleted_job_refuses_writes_too(db_session: Session, contexts) -> None:

@@ -24,6 +24,7 @@ from drl_core.artifact_keys import (
     embedding_key,
     experiment_prefix,
     labels_key,
+    log_key,
     probes_key,
     sample_key,
 )
@@ -119,6 +120,12 @@ def test_pipeline_stores_every_artifact(service: ServiceHarness, finished_experi
     assert metric_steps(service, exp_id, "images_per_s") == [10, 20, 30]
 
     rows = {r.key: r for r in assert_one_file_per_row(service, exp_id)}
+    for job in jobs:   # each job's whole log: its run's header, then every line of its tail
+        row = rows[log_key(exp_id, job.id)]
+        lines = service.store.get_bytes(row.key).decode().splitlines()
+        assert (row.kind, row.job_id, row.meta["lines"]) == ("log", job.id, len(lines))
+        assert lines[0].startswith("=== attempt 1 on ")
+        assert lines[-len(job.log_tail):] == job.log_tail
     checkpoints = sorted(k for k, r in rows.items() if r.kind == "checkpoint")
     assert len(checkpoints) <= KEEP_LAST and checkpoints[-1].endswith("ckpt_00000030.pt")
 

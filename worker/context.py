@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -41,6 +41,9 @@ from drl_core.job_states import JobStatus, StaleTransition, heartbeat, utc_now
 from drl_core.models import Artifact, Job, MetricPoint
 from drl_core.settings import Settings
 from drl_engine.spec import ExperimentSpec
+
+if TYPE_CHECKING:
+    from worker.job_log import JobLog
 
 logger = logging.getLogger("drl.worker")
 
@@ -180,7 +183,8 @@ class Heartbeat:
 @dataclass
 class JobContext:
     """Everything a runner needs: the job's identity and parameters, the spec, a session for
-    its own writes (artifact rows, metric points), the store, the heartbeat, a scratch dir.
+    its own writes (artifact rows, metric points), the store, the heartbeat, a scratch dir,
+    and the job's whole log (worker/job_log.py; None: only the heartbeat's tail).
 
     `session` is fenced on (job_id, attempt) (drl_core/fencing.py): commit it with `commit`,
     which answers a refused commit with JobLost."""
@@ -195,6 +199,7 @@ class JobContext:
     resources: WorkerResources
     heartbeat: Heartbeat
     workdir: Path
+    job_log: JobLog | None = None
 
     @property
     def store(self) -> ArtifactStore:
@@ -209,9 +214,12 @@ class JobContext:
         return sorted({t_key(t) for t in self.params.get("t") or self.spec.evaluate.t_grid})
 
     def log(self, message: str) -> None:
+        """A message for the job's log: its tail on the job row, and the whole stored log."""
         logger.info("job %s (%s): %s", self.job_id, self.kind, message)
         for line in message.splitlines():
             self.heartbeat.log(line)
+            if self.job_log is not None:
+                self.job_log.write(line)
 
     # -- stopping ------------------------------------------------------------------------
 

@@ -4,8 +4,9 @@
        cancelled, already ran, or another delivery of the same message got it: drop the
        message. A duplicate delivery is therefore harmless, and a job cancelled while
        queued never runs.
-    2. run the kind's runner with a heartbeat thread and a session fenced on the job's
-       attempt (worker/context.py, drl_core/fencing.py);
+    2. run the kind's runner with a heartbeat thread, a session fenced on the job's attempt
+       (worker/context.py, drl_core/fencing.py) and the job's whole log, stored as it grows
+       (worker/job_log.py);
     3. succeeded -> enqueue the queued jobs that depend on it;
        an exception from a transient fault (database, broker or store outage, disk full:
        drl_core/faults.py) -> queued again at the same attempt after a backoff, counted in
@@ -57,6 +58,7 @@ from drl_core.settings import get_settings
 from drl_engine.spec import ExperimentSpec
 from worker.context import (Heartbeat, JobCancelled, JobContext, JobLost, WorkerResources,
                             WorkerStopping)
+from worker.job_log import JobLog, run_header
 from worker.jobs import runner_for
 from worker.reaper import Reaper
 from worker.retries import Retry, give_up_error, plan_retry
@@ -90,9 +92,12 @@ def one_line_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message[0]}" if message else type(exc).__name__
 
 
+def traceback_lines(exc: BaseException) -> list[str]:
+    return "".join(traceback.format_exception(exc)).rstrip("\n").splitlines()
+
+
 def traceback_tail(exc: BaseException) -> list[str]:
-    lines = "".join(traceback.format_exception(exc)).rstrip("\n").splitlines()
-    return lines[-TRACEBACK_TAIL_LINES:]
+    return traceback_lines(exc)[-TRACEBACK_TAIL_LINES:]
 
 
 # --- the task ----------------------------------------------------------------------------
@@ -142,6 +147,10 @@ def _run_held_job(session: Session, job: Job, resources: WorkerResources,
     session.rollback()
     heartbeat = Heartbeat(resources.sessions, job_id, attempt,
                           resources.settings.heartbeat_interval_s).start()
+    job_log = JobLog(resources, experiment_id, job_id, attempt,
+                     resources.settings.heartbeat_interval_s)
+    job_log.write(run_header(attempt, worker_name(), utc_now()))
+    job_log.start()
     logger.info("job %s (%s, experiment %s) attempt %s started", job_id, kind, experiment_id,
                 attempt)
     fields: dict[str, Any] = {}
@@ -156,7 +165,7 @@ def _run_held_job(session: Session, job: Job, resources: WorkerResources,
             context = JobContext(
                 job_id=job_id, experiment_id=experiment_id, kind=kind, attempt=attempt,
                 params=params, spec=spec, session=job_session, resources=resources,
-                heartbeat=heartbeat, workdir=Path(workdir))
+                heartbeat=heartbeat, workdir=Path(workdir), job_log=job_log)
             runner_for(kind)(context)
         outcome = JobStatus.SUCCEEDED
     except JobLost:
@@ -179,7 +188,12 @@ def _run_held_job(session: Session, job: Job, resources: WorkerResources,
             fields["error"] = (one_line_error(exc) if fault is None
                                else give_up_error(fault, retries_done))
             log_lines = traceback_tail(exc)
-    # Flush the last progress and log lines before the final status.
+    # Flush the last progress and log lines before the final status: the whole log (with the
+    # whole traceback of a failure) is stored, and the tail written, before the job is seen
+    # to end.
+    for line in traceback_lines(error) if error is not None else log_lines:
+        job_log.write(line)
+    job_log.stop()
     heartbeat_stopped = heartbeat.stop()
     session.rollback()
 
