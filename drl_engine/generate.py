@@ -6,24 +6,26 @@ image is the curve t -> E(x0, t), so the bound score function re-encodes x0 at e
 grid and prior codes are fixed vectors.
 
 VDM kinds (`vdm_vae`, `vdm`) sample ancestrally with `sample.steps` steps (vdm/sampling.py);
-the SDE sampler settings (sampler, t_init, prior, snr, corrector_steps, eps) do not apply to
-them, and the unconditional `vdm` ignores `code_source`. `generate_interpolations` decodes
-codes on the segment between two images' codes (VDM-VAE); `generate` dispatches to it for
-code_source 'interpolation', reading `sample.count` as pairs x points: INTERPOLATION_POINTS
-points per pair, pairs = max(1, count // INTERPOLATION_POINTS) (fewer when the source has
-fewer than 2 x pairs images), so the draw has pairs x INTERPOLATION_POINTS images.
+the SDE sampler settings (sampler, t_init, prior, snr, corrector_steps, eps, rtol, atol) do
+not apply to them, and the unconditional `vdm` ignores `code_source`.
+`generate_interpolations` decodes codes on the segment between two images' codes (VDM-VAE);
+`generate` dispatches to it for code_source 'interpolation', reading `sample.count` as
+pairs x points: INTERPOLATION_POINTS points per pair, pairs = max(1, count //
+INTERPOLATION_POINTS) (fewer when the source has fewer than 2 x pairs images), so the draw has
+pairs x INTERPOLATION_POINTS images.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from .datasets import from_model_range, to_model_range
-from .samplers import SampleResult, sample
+from .sampling import SampleResult, sample
 from .spec import SampleSpec
 from .vdm.model import VDMModel
 from .vdm.pixels import pixels_to_unit
@@ -128,10 +130,10 @@ def _source_images(x_source_uint8: torch.Tensor | None, count: int, device) -> t
 
 
 def _vdm_generation(model: VDMModel, pixels_out: torch.Tensor, references: torch.Tensor | None,
-                    codes: torch.Tensor | None, steps: int) -> Generation:
+                    codes: torch.Tensor | None, steps: int, seconds: float) -> Generation:
     """Wrap sampled pixel values: images k / 255, the result in VDM's data range, one eval per step."""
     result = SampleResult(images=model.pixels_to_model_range(pixels_out.to(torch.uint8)),
-                          nfe=steps, steps=steps)
+                          nfe=steps, steps=steps, seconds=seconds)
     return Generation(pixels_to_unit(pixels_out).cpu(), references,
                       None if codes is None else codes.cpu(), result)
 
@@ -154,8 +156,10 @@ def generate_vdm(model: VDMModel, spec: SampleSpec, x_source_uint8: torch.Tensor
         else:   # prior: p(z) = N(0, I)
             codes = torch.randn(spec.count, model.latent_dim, generator=gen, device=device)
         n = len(codes)
+    start = time.perf_counter()
     pixels_out = ancestral_sample(model, n, codes, spec.steps, gen, device, progress=progress)
-    return _vdm_generation(model, pixels_out, references, codes, spec.steps)
+    return _vdm_generation(model, pixels_out, references, codes, spec.steps,
+                           time.perf_counter() - start)
 
 
 def interpolation_pairs(count: int) -> int:
@@ -182,5 +186,7 @@ def generate_interpolations(model: VDMModel, spec: SampleSpec, x_source_uint8: t
     ends = model.encode(model.pixels_to_model_range(pixels))
     codes = torch.cat([interpolate_codes(ends[2 * i], ends[2 * i + 1], points) for i in range(pairs)])
     gen = torch.Generator(device=device).manual_seed(spec.seed)
+    start = time.perf_counter()
     pixels_out = ancestral_sample(model, len(codes), codes, spec.steps, gen, device, same_noise=True)
-    return _vdm_generation(model, pixels_out, pixels_to_unit(pixels).cpu(), codes, spec.steps)
+    return _vdm_generation(model, pixels_out, pixels_to_unit(pixels).cpu(), codes, spec.steps,
+                           time.perf_counter() - start)

@@ -61,7 +61,10 @@ Parameterization = Literal["score", "edm"]
 # parameterization and the decoder fine-tune phase apply to them only.
 SCORE_MODEL_KINDS = ("drl", "vdrl")
 ProbeName = Literal["svc", "linear", "mlp", "silhouette"]
-SamplerName = Literal["pc", "euler_maruyama", "ode"]
+# The samplers of generated images (drl_engine/sampling/: one module each, formulas there):
+# score-SDE's predictor-corrector, Euler-Maruyama and fixed-step probability-flow ODE; EDM's
+# Heun, DPM-Solver++(2M) and the adaptive (dopri5) probability-flow ODE.
+SamplerName = Literal["pc", "euler_maruyama", "ode", "heun", "dpm_solver_pp", "ode_adaptive"]
 PriorName = Literal["gaussian", "uniform_gaussian"]
 # Where a sample's codes come from: encoding test images (reconstructions), a grid over a 2-d
 # latent space, the prior N(0, I) (vdrl, vdm_vae), or the segments between the codes of pairs
@@ -283,7 +286,9 @@ class EvaluateSpec(_Section):
 
 class SampleSpec(_Section):
     sampler: SamplerName = "pc"
-    steps: int = Field(default=1000, ge=1, le=100_000)   # N over the full [eps, 1]
+    # N steps over the full [eps, 1]; t_init < 1 takes round(N t_init) of them (sampling/grid.py).
+    # ode_adaptive ignores it: its tolerances choose its steps.
+    steps: int = Field(default=1000, ge=1, le=100_000)
     t_init: float = Field(default=1.0, gt=0, le=1.0)
     prior: PriorName = "gaussian"
     code_source: CodeSource = "encoded"
@@ -291,6 +296,10 @@ class SampleSpec(_Section):
     snr: float = Field(default=0.16, gt=0)
     corrector_steps: int = Field(default=1, ge=0, le=10)
     eps: float = Field(default=1e-3, gt=0, lt=0.5)   # sampling ends at t = eps
+    # ode_adaptive's dopri5 tolerances: a step is accepted when its error estimate is below
+    # atol + rtol |x| (RMS over the batch). Below 1e-7 float32 cannot resolve the error.
+    rtol: float = Field(default=1e-5, ge=1e-7, le=0.1)
+    atol: float = Field(default=1e-5, ge=1e-7, le=0.1)
     grid_range: float = Field(default=2.0, gt=0)     # grid codes span [-r, r]^2
     seed: int = Field(default=0, ge=0)
 

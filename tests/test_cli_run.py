@@ -55,6 +55,8 @@ def test_run_digits_time_conditioned_writes_every_output(tmp_path):
     assert np.isfinite(metrics["train"]["final_loss"])
     assert metrics["encode"]["t_independent"] is False
     assert metrics["sample"]["finite"] is True
+    # pc, 20 steps, one corrector step: 40 network evaluations per image, and their seconds
+    assert metrics["sample"]["nfe"] == 40 and metrics["sample"]["seconds"] > 0
     # Every kind that samples reports the FD-LeNet of samples.png, as the service's jobs do.
     assert metrics["fd_lenet"]["samples"] == 4 and metrics["fd_lenet"]["value"] >= 0
 

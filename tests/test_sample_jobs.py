@@ -176,6 +176,8 @@ def test_sample_job_stores_fd_lenet_and_the_listing_shows_it(client, worker, cel
     assert (fd["samples"], fd["steps"], fd["name"], fd["reference"]) == (
         6, meta["steps"], FD_LENET, "test")
     assert "only 6 samples" in fd["note"]   # far below a reliable count, and it says so
+    # pc with one corrector step: two network evaluations per step, and the sampler's seconds
+    assert meta["nfe"] == 2 * meta["steps"] and meta["seconds"] > 0
     assert any(line.startswith(f"{FD_LENET} of 6 samples") for line in job.log_tail), job.log_tail
     # The LeNet went to drl run's cache ($DRL_HOME/cache), trained once for the dataset.
     assert default_cache_dir() == home / "cache"

@@ -30,7 +30,7 @@ from ..encode import encode_images
 from ..fd_lenet import load_or_train_lenet, predict_labels
 from ..generate import decode_codes
 from ..plots import save_image_grid
-from ..samplers import num_steps
+from ..sampling import num_steps
 from .context import Number, SectionResult, StudyContext, accuracy_noise
 from .t_init import e_spec
 

@@ -13,10 +13,11 @@ class and FD-LeNet's classifier's label of each reconstruction), one row per pai
 interpolations.png), else the samples alone.
 
 The artifact's meta reports what `drl run` reports of its samples: count, sampler, steps,
-code source, and `fd_lenet` (`fd_lenet_report`: the FD-LeNet of the drawn images against
-the test split) when the dataset has labels to train LeNet on and there are >= 2 images to
-compare. The LeNet is cached per dataset under $DRL_HOME/cache (fd_lenet's default, the
-same folder `drl run` uses), so only a dataset's first sample job trains it.
+network evaluations per sample (nfe), the sampler's wall time (seconds), code source, and
+`fd_lenet` (`fd_lenet_report`: the FD-LeNet of the drawn images against the test split) when
+the dataset has labels to train LeNet on and there are >= 2 images to compare. The LeNet is
+cached per dataset under $DRL_HOME/cache (fd_lenet's default, the same folder `drl run`
+uses), so only a dataset's first sample job trains it.
 """
 
 from __future__ import annotations
@@ -49,9 +50,12 @@ def run(ctx: JobContext) -> None:
     x_source = dataset.x_test if code_source in CODES_FROM_IMAGES else None
     generation = generate(model, spec, x_source, device, progress=ctx.progress_check())
     sampler = sampler_name(kind, spec)
+    result = generation.result
     meta = {"job_id": ctx.job_id, "count": len(generation.images), "sampler": sampler,
-            "steps": generation.result.steps, "code_source": code_source}
-    ctx.log(f"{len(generation.images)} samples ({sampler}, {generation.result.steps} steps"
+            "steps": result.steps, "nfe": result.nfe, "seconds": result.seconds,
+            "code_source": code_source}
+    ctx.log(f"{len(generation.images)} samples ({sampler}, {result.steps} steps, {result.nfe} "
+            f"network evaluations, {result.seconds:.1f} s"
             + (f", codes: {code_source}" if code_source else "") + ")")
     ctx.check()   # the labels and FD-LeNet may train a LeNet first: not after a cancel
     labels = reconstruction_labels(generation, dataset, device)
