@@ -10,7 +10,9 @@ parameters), so anything else is refused before a route reads it:
   `application/x-www-form-urlencoded` by default, which FastAPI (strict about the content
   type) would otherwise report as a baffling "body: Input should be a valid dictionary".
 
-Both answers are problem+json like every other error (api/problems.py).
+Both answers are problem+json like every other error (api/problems.py). The OpenAPI document
+lists them on every operation that takes a body (BODY_STATUSES), with the 400 this middleware
+answers for a Content-Length that is not a number and FastAPI for a body that is not UTF-8.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ TOO_LARGE = problem_type("body-too-large")                   # 413
 UNSUPPORTED_MEDIA = problem_type("unsupported-media-type")   # 415
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+# What a request with a body may be answered before its route runs: every route that takes
+# one declares them (tests/test_api_schema.py checks that none forgets).
+BODY_STATUSES = (400, 413, 415)
 
 
 def is_json_media_type(content_type: str) -> bool:

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from pydantic.fields import FieldInfo
 
 from drl_core.job_states import JobStatus, experiment_status, failed_job
 from drl_core.models import Experiment, Job
 from drl_engine.code_usage_table import CodeUsage
-from drl_engine.spec import EncoderWeights, SampleSpec
+from drl_engine.spec import EncoderWeights, ExperimentSpec, SampleSpec
 
 Split = Literal["train", "test"]
 
@@ -345,11 +345,58 @@ class HealthOut(BaseModel):
 
 
 # --- requests ----------------------------------------------------------------------------
+# A request body's values must have the JSON types the OpenAPI document states. Pydantic's
+# lax mode would take `false` for the integer 0 and "5" for the number 5, which the document
+# declares invalid; its strict mode would refuse 2.0 for an integer, which JSON Schema counts
+# as the integer 2 (JSON has one number type). So a body is validated strictly once its
+# integral numbers are ints (JsonBody). NaN and Infinity, which Python's JSON parser reads
+# but JSON has not, are refused too: no JSON column could store them.
 
 
-class EncodeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def integral_numbers_as_ints(value: Any) -> Any:
+    """`value` (parsed JSON) with every float that is a whole number as an int: 2.0 -> 2."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: integral_numbers_as_ints(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [integral_numbers_as_ints(item) for item in value]
+    return value
 
+
+class JsonBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_numbers_as_ints(cls, data: Any) -> Any:
+        # harmless for a float field: strict mode takes an int for a float
+        return integral_numbers_as_ints(data)
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def json_body(model: type[ModelT]) -> type[ModelT]:
+    """`model` as a JsonBody: a subclass with its name, fields, checks and docstring (so the
+    same OpenAPI schema), and so are its sections. The engine's models stay lax for YAML specs
+    (`lr: 1e-3` reaches parse_spec as a string: PyYAML reads YAML 1.1, where a float needs a
+    dot)."""
+    sections = {name: json_body(field.annotation) for name, field in model.model_fields.items()
+                if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)}
+    namespace: dict[str, Any] = {
+        "__module__": model.__module__, "__qualname__": model.__qualname__, "__doc__": model.__doc__,
+        "__annotations__": sections,
+        **{name: model.model_fields[name] for name in sections},   # defaults, descriptions
+    }
+    return type(model)(model.__name__, (model, JsonBody), namespace)
+
+
+# POST /experiments' body: an ExperimentSpec (what the service and the engine take).
+ExperimentSpecBody = json_body(ExperimentSpec)
+
+
+class EncodeRequest(JsonBody):
     t: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
         min_length=1, max_length=MAX_T_PER_REQUEST,
                            description="diffusion times in [0, 1] to encode both splits at")
@@ -370,7 +417,7 @@ def _optional_fields_of(model: type[BaseModel]) -> dict[str, Any]:
 # the field, the OpenAPI schema states them, and the service checks them again when it merges.
 SampleRequest = create_model(
     "SampleRequest",
-    __config__=ConfigDict(extra="forbid"),
+    __base__=JsonBody,
     __doc__="Overrides of the experiment's `sample` section for one sampling job.",
     **_optional_fields_of(SampleSpec),
 )

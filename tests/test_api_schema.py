@@ -136,6 +136,49 @@ def test_many_bad_entries_of_one_list_are_one_problem(client: TestClient) -> Non
     assert len(body["errors"]) == 1 and "4999 more entries alike" in body["errors"][0]["message"]
 
 
+# --- JSON types and what comes before validation ---------------------------------------
+
+
+@pytest.mark.parametrize("path, body, field", [
+    ("/experiments", {"sample": {"seed": False}}, "sample.seed"),
+    ("/experiments", {"train": {"lr": "1e-3"}}, "train.lr"),
+    ("/experiments", {"model": {"channel_mult": [1, "2"]}}, "model.channel_mult.1"),
+    ("/experiments/424242/samples", {"steps": True}, "steps"),
+    ("/experiments/424242/samples", {"eps": "0.1"}, "eps"),
+    ("/experiments/424242/encodings", {"t": [False]}, "t.0"),
+])
+def test_a_value_of_another_json_type_than_stated_is_a_422(client: TestClient, path: str,
+                                                           body: dict, field: str) -> None:
+    """The document says integer or number: `false` and "0.1" are neither (pydantic's lax
+    mode took them, as 0 and 0.1)."""
+    assert_422_naming(client.post(path, json=body), field)
+
+
+def test_a_whole_number_written_with_a_fraction_is_an_integer(client: TestClient) -> None:
+    """As JSON Schema counts it: 2.0 is the integer 2, and an integer is a number."""
+    assert client.post("/experiments/424242/samples", json={"steps": 10.0, "count": 4.0}).status_code == 404
+    assert client.post("/experiments/424242/encodings", json={"t": [0, 1]}).status_code == 404
+    spec = {"model": {"base_channels": 16.0, "channel_mult": [1.0, 2.0]}, "train": {"lr": 1},
+            "dataset": {"name": "npz", "path": "missing.npz"}}
+    # refused for its dataset file only, not for the numbers
+    body = assert_422_naming(client.post("/experiments", json=spec), "dataset.path")
+    assert [e["field"] for e in body["errors"]] == ["dataset.path"]
+
+
+def test_every_operation_with_a_body_declares_the_answers_given_before_its_route(
+        client: TestClient) -> None:
+    """400 (a body that is not UTF-8, a Content-Length that is not a number), 413 and 415."""
+    doc = client.get("/openapi.json").json()
+    with_body = {(path, method): op for path, ops in doc["paths"].items()
+                 for method, op in ops.items() if "requestBody" in op}
+    assert ("/experiments", "post") in with_body
+    for key, op in with_body.items():
+        assert {"400", "413", "415"} <= set(op["responses"]), key
+    response = client.post("/experiments", content=b'{"name": "\xff"}',
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and response.headers["content-type"].startswith(PROBLEM)
+
+
 # --- authentication ----------------------------------------------------------------------
 
 UNPROTECTED = {("/healthz", "get"), ("/readyz", "get")}

@@ -32,6 +32,7 @@ from api.deps import AppState, CurrentUser, SessionDep, StateDep, StoreDep
 from api.lookups import (MAX_ID, ExperimentId, describe_job, get_experiment, latest_job,
                          no_encoder_problem, require_encoder)
 from api.problems import NOT_FOUND, NOT_READY, Problem, field_error, problem_responses, validation_problem
+from api.request_limits import BODY_STATUSES
 from api.schemas import EmbeddingPage, EncodeRequest, JobOut, Split
 from drl_core import experiments as service
 from drl_core.artifact_keys import embedding_key, labels_key, t_key
@@ -166,7 +167,7 @@ def read_embedding_labels(
 
 @router.post("/experiments/{experiment_id}/encodings", status_code=status.HTTP_202_ACCEPTED,
              response_model=JobOut, summary="Encode both splits at more t values (a job)",
-             responses=problem_responses(401, 403, 404, 409, 422, 503))
+             responses=problem_responses(*BODY_STATUSES, 401, 403, 404, 409, 422, 503))
 def request_encodings(experiment_id: ExperimentId, request: EncodeRequest, session: SessionDep,
                       state: StateDep, user: CurrentUser) -> JobOut:
     """Needs a finished training (409 before) and a model kind with an encoder (422, type

@@ -18,9 +18,11 @@ from api.deps import CurrentUser, SessionDep, StateDep, StoreDep
 from api.lookups import ExperimentId, get_experiment
 from api.problems import (NOT_READY, Problem, field_error, problem_responses, spec_problem,
                           validation_problem)
-from api.schemas import ExperimentBrief, ExperimentOut, ExperimentPage, ExperimentSummary, experiment_fields
+from api.request_limits import BODY_STATUSES
+from api.schemas import (ExperimentBrief, ExperimentOut, ExperimentPage, ExperimentSpecBody,
+                         ExperimentSummary, experiment_fields)
 from drl_core import experiments as service
-from drl_core.data_paths import check_submitted_dataset, confine_dataset_paths
+from drl_core.data_paths import check_submitted_dataset, confine_dataset_paths, dataset_field
 from drl_core.job_states import ExperimentStatus, experiment_status
 from drl_core.models import Experiment, Job
 from drl_engine.spec import ExperimentSpec, SpecError
@@ -41,10 +43,11 @@ def experiment_out(session: Session, experiment: Experiment) -> ExperimentOut:
     "/experiments", status_code=status.HTTP_201_CREATED, response_model=ExperimentOut,
     summary="Submit an experiment",
     responses={200: {"model": ExperimentOut, "description": "an earlier request with the same "
-                     "Idempotency-Key already created it"}} | problem_responses(401, 422, 503),
+                     "Idempotency-Key already created it"}}
+    | problem_responses(*BODY_STATUSES, 401, 422, 503),
 )
 def create_experiment(
-    spec: ExperimentSpec,
+    spec: ExperimentSpecBody,  # type: ignore[valid-type]
     session: SessionDep,
     state: StateDep,
     user: CurrentUser,
@@ -80,6 +83,9 @@ def create_experiment(
             check_submitted_dataset(new.dataset, settings)
         except SpecError as err:
             raise spec_problem(err) from None
+        except OSError as err:   # a path the system cannot look up (ENAMETOOLONG): no such file
+            raise spec_problem(SpecError(f"{dataset_field(new.dataset)}: cannot be read "
+                                         f"({err.strerror})")) from None
 
     try:
         experiment, created = service.create_experiment(

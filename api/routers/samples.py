@@ -10,6 +10,7 @@ from api.auth import require_owner
 from api.deps import CurrentUser, SessionDep, StateDep, StoreDep
 from api.lookups import ExperimentId, JobId, artifacts_of, describe_job, get_experiment, get_job
 from api.problems import NOT_FOUND, NOT_READY, Problem, problem_responses, spec_problem
+from api.request_limits import BODY_STATUSES
 from api.schemas import JobOut, SampleOut, SampleRequest
 from drl_core import experiments as service
 from drl_core.artifact_keys import ArtifactKind, sample_key
@@ -24,7 +25,7 @@ PNG_RESPONSE = {200: {"content": {"image/png": {}}, "description": "the sample g
 
 @router.post("/experiments/{experiment_id}/samples", status_code=status.HTTP_202_ACCEPTED,
              response_model=JobOut, summary="Draw samples (a job)",
-             responses=problem_responses(401, 403, 404, 409, 422, 503))
+             responses=problem_responses(*BODY_STATUSES, 401, 403, 404, 409, 422, 503))
 def request_samples(experiment_id: ExperimentId, request: SampleRequest,  # type: ignore[valid-type]
                     session: SessionDep, state: StateDep, user: CurrentUser) -> JobOut:
     """The body's fields override the experiment's `sample` section (sampler, steps, t_init,
