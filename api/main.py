@@ -5,6 +5,7 @@ migrations; /readyz reports a database that is not at the newest one).
 
 /docs (Swagger UI) and /redoc are FastAPI's pages, but their JavaScript and CSS are served by
 the app itself (at /docs-static) instead of a CDN, so they work on a box without internet.
+/ is the team's dashboard (api/dashboard/): HTML pages, not in the OpenAPI document.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
+from api.dashboard import FORM_PATHS, install_dashboard
 from api.db_sessions import limit_worker_threads
 from api.deps import AppState, bearer_scheme, get_current_user
 from api.docs_pages import install_docs
@@ -48,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   docs_url=None, redoc_url=None)
     app.state.drl = state
     install_problem_handlers(app)
-    app.add_middleware(RequestLimitsMiddleware)
+    app.add_middleware(RequestLimitsMiddleware, form_paths=FORM_PATHS)
     install_docs(app)
     app.include_router(health.router)
     # OpenAPI declares bearer auth on exactly the endpoints that check it: none with auth off.
@@ -56,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in PROTECTED:
         # On the router, not on each endpoint, so no endpoint can forget it.
         app.include_router(router, dependencies=[Depends(get_current_user), *declared])
+    install_dashboard(app)   # pages at /, signed in by a cookie holding the same token
     return app
 
 

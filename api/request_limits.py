@@ -9,6 +9,7 @@ parameters), so anything else is refused before a route reads it:
   `application/*+json`): 415 naming the Content-Type received. `curl -d` sends
   `application/x-www-form-urlencoded` by default, which FastAPI (strict about the content
   type) would otherwise report as a baffling "body: Input should be a valid dictionary".
+  The dashboard's HTML forms post urlencoded bodies: its paths (`form_paths`) take those too.
 
 Both answers are problem+json like every other error (api/problems.py). The OpenAPI document
 lists them on every operation that takes a body (BODY_STATUSES), with the 400 this middleware
@@ -28,6 +29,7 @@ TOO_LARGE = problem_type("body-too-large")                   # 413
 UNSUPPORTED_MEDIA = problem_type("unsupported-media-type")   # 415
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
+FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
 
 # What a request with a body may be answered before its route runs: every route that takes
 # one declares them (tests/test_api_schema.py checks that none forgets).
@@ -44,9 +46,13 @@ def is_json_media_type(content_type: str) -> bool:
 class RequestLimitsMiddleware:
     """Pure ASGI middleware (no BaseHTTPMiddleware: it would buffer every response)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int = MAX_BODY_BYTES,
+                 form_paths: tuple[str, ...] = ()) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # Path prefixes whose routes take HTML forms (the dashboard's): a urlencoded body
+        # is accepted there too, within the same size limit.
+        self.form_paths = form_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
@@ -64,7 +70,8 @@ class RequestLimitsMiddleware:
             await self.app(scope, receive, send)
             return
         content_type = headers.get("content-type")
-        if content_type is None or not is_json_media_type(content_type):
+        if content_type is None or not (is_json_media_type(content_type)
+                                        or self._is_form(scope, content_type)):
             got = "no Content-Type header" if content_type is None else repr(content_type[:100])
             await self._refuse(scope, send, Problem(
                 415, f"Content-Type: expected application/json, got {got}",
@@ -93,6 +100,11 @@ class RequestLimitsMiddleware:
             if not message.get("more_body", False):
                 break
         await self.app(scope, _replay(b"".join(chunks), receive), send)
+
+    def _is_form(self, scope: Scope, content_type: str) -> bool:
+        path = scope["path"].removeprefix(scope.get("root_path", ""))
+        media = content_type.split(";", 1)[0].strip().lower()
+        return media == FORM_MEDIA_TYPE and path.startswith(self.form_paths)
 
     def _too_large(self, size: int | None) -> Problem:
         got = f"{size} bytes" if size is not None else "more"

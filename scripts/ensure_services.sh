@@ -32,3 +32,17 @@ if ! redis_up; then
   wait_for "Redis at 127.0.0.1:$REDIS_PORT" redis_up || exit 1
 fi
 echo "ensure_services: PostgreSQL and Redis are up"
+
+# The dashboard's browser test (tests/test_dashboard.py) drives Debian's chromium through
+# Playwright; never a browser Playwright downloads. In CI (CI set) a missing browser fails.
+if [ ! -x /usr/bin/chromium ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO="sudo -n"
+  if command -v apt-get >/dev/null; then
+    echo "ensure_services: installing Debian's chromium"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends chromium || true
+  fi
+  if [ ! -x /usr/bin/chromium ]; then
+    echo "ensure_services: /usr/bin/chromium is missing (apt-get install chromium)" >&2
+    [ -n "${CI:-}" ] && exit 1
+  fi
+fi

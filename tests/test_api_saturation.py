@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import sqlalchemy as sa
-import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
@@ -41,6 +38,7 @@ from drl_core.settings import Settings
 from worker.context import upsert_artifact
 
 pytest.register_assert_rewrite("worker_fixtures")
+from live_server import free_port, serving  # noqa: E402
 from worker_fixtures import TINY_SPEC, service_settings_for  # noqa: E402
 
 pytest_plugins = ["worker_fixtures"]
@@ -49,31 +47,6 @@ pytest_plugins = ["worker_fixtures"]
 def make_settings(tmp_path: Path, database_url: str, **overrides) -> Settings:
     # The embedded filesystem broker under tmp_path: nobody consumes it, nothing to clean.
     return service_settings_for(database_url, tmp_path / "home", None, broker_url=None, **overrides)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serving(settings: Settings) -> Iterator[str]:
-    """The app on a real uvicorn server in a thread, until the block ends; its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def assert_busy(response: httpx.Response) -> None:

@@ -6,12 +6,10 @@ translates HTTP to those calls and their results and errors back to HTTP.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Annotated
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Header, Query, Response, status
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from api.auth import require_owner
 from api.deps import CurrentUser, SessionDep, StateDep, StoreDep
@@ -21,10 +19,12 @@ from api.problems import (NOT_READY, Problem, field_error, problem_responses, sp
 from api.request_limits import BODY_STATUSES
 from api.schemas import (ExperimentBrief, ExperimentOut, ExperimentPage, ExperimentSpecBody,
                          ExperimentSummary, experiment_fields)
+from drl_core import experiment_list
 from drl_core import experiments as service
 from drl_core.data_paths import check_submitted_dataset, confine_dataset_paths, dataset_field
-from drl_core.job_states import ExperimentStatus, experiment_status
-from drl_core.models import Experiment, Job
+from drl_core.experiment_list import ExperimentFilter
+from drl_core.job_states import ExperimentStatus
+from drl_core.models import Experiment
 from drl_engine.spec import ExperimentSpec, SpecError
 
 router = APIRouter(tags=["experiments"])
@@ -107,40 +107,9 @@ def list_experiments(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     status: Annotated[ExperimentStatus | None, Query(description="only experiments in this status")] = None,
 ) -> ExperimentPage:
-    if status is None:
-        total = session.scalar(sa.select(sa.func.count()).select_from(Experiment)) or 0
-        ids = list(session.scalars(
-            sa.select(Experiment.id).order_by(Experiment.id.desc()).offset(offset).limit(limit)))
-    else:
-        matching = ids_with_status(session, status)
-        total, ids = len(matching), matching[offset:offset + limit]
-    rows = session.scalars(
-        sa.select(Experiment).where(Experiment.id.in_(ids))
-        .options(selectinload(Experiment.jobs), selectinload(Experiment.owner))
-    ).all()
-    by_id = {e.id: e for e in rows}
-    items = [ExperimentBrief(**experiment_fields(by_id[i])) for i in ids if i in by_id]
-    return ExperimentPage(items=items, total=total, offset=offset, limit=limit)
-
-
-def ids_with_status(session: Session, wanted: ExperimentStatus) -> list[int]:
-    """Ids (newest first) of the experiments whose derived status is `wanted`.
-
-    The status is not stored (it is derived from the pipeline jobs), so the filter reads
-    every job's (experiment, id, kind, status), four small columns, and derives it with the
-    one authority, `experiment_status`, rather than a second copy of the rule in SQL.
-    """
-    rows = session.execute(
-        sa.select(Experiment.id, Job.id, Job.kind, Job.status)
-        .outerjoin(Job, Job.experiment_id == Experiment.id)
-        .order_by(Experiment.id.desc())
-    )
-    jobs: dict[int, list[SimpleNamespace]] = {}
-    for experiment_id, job_id, kind, job_status in rows:
-        jobs.setdefault(experiment_id, [])
-        if job_id is not None:
-            jobs[experiment_id].append(SimpleNamespace(id=job_id, kind=kind, status=job_status))
-    return [i for i, js in jobs.items() if experiment_status(js) is wanted]
+    page = experiment_list.list_experiments(session, offset, limit, ExperimentFilter(status=status))
+    items = [ExperimentBrief(**experiment_fields(e)) for e in page.experiments]
+    return ExperimentPage(items=items, total=page.total, offset=offset, limit=limit)
 
 
 @router.get("/experiments/{experiment_id}", response_model=ExperimentOut, summary="One experiment",
