@@ -167,9 +167,46 @@ class ExperimentBrief(BaseModel):
     jobs: list[JobOut]
 
 
+class DatasetFileOut(BaseModel):
+    path: str
+    size: int
+    sha256: str
+
+
+class DatasetFingerprint(BaseModel):
+    name: str
+    sha256: str | None = Field(description="sha256 of the files' `sha256sum` lines, in the "
+                                           "order the loader reads them; null if they could "
+                                           "not be read (`error` says why)")
+    files: list[DatasetFileOut]
+    error: str | None = None
+
+
+class Provenance(BaseModel):
+    """What trained the experiment, recorded as its train job (its latest run) started
+    (drl_engine/provenance.py)."""
+
+    drl_version: str
+    git_commit: str = Field(description="the commit of the worker's code: baked into its image, "
+                                        "or read from its checkout at start-up; 'unknown' if "
+                                        "neither")
+    git_dirty: bool | None = Field(description="whether the checkout's tracked files differed "
+                                               "from the commit; null if unknown")
+    python: str
+    torch: str
+    cuda: str | None = Field(description="null on a CPU")
+    cudnn: str | None = Field(description="null on a CPU")
+    device: str
+    device_model: str = Field(description="the GPU's name, or the CPU's model")
+    host: str = Field(description="the worker's host name")
+    dataset: DatasetFingerprint
+
+
 class ExperimentOut(ExperimentBrief):
     spec: dict[str, Any]
     summary: ExperimentSummary
+    provenance: Provenance | None = Field(
+        default=None, description="null until its train job started")
 
 
 def experiment_fields(experiment: Experiment) -> dict[str, Any]:

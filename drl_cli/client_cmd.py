@@ -432,6 +432,8 @@ def format_experiment(e: dict[str, Any]) -> str:
     rows = [[str(j["id"]), j["kind"], j["status"], _progress(j), f"{j['attempt']}/{j['max_attempts']}",
              " ".join((j.get("error") or "").split())[:80]] for j in e["jobs"]]
     lines.append(format_table(["JOB", "KIND", "STATUS", "PROGRESS", "ATTEMPT", "ERROR"], rows))
+    if e.get("provenance"):
+        lines.extend(format_provenance(e["provenance"]))
     summary = e.get("summary") or {}
     # Best t chosen on the validation split, with the test value there; the untrained control's
     # beside it, so that an untrained code's accuracy is not read as learned.
@@ -441,6 +443,19 @@ def format_experiment(e: dict[str, Any]) -> str:
                 f"{k} {'-' if v['value'] is None else format(v['value'], '.3f')} at t={v['t']:g}"
                 for k, v in summary[key].items()))
     return "\n".join(lines)
+
+
+def format_provenance(p: dict[str, Any]) -> list[str]:
+    """What trained it, in three lines: the code, the machine, the data."""
+    gpu = "".join(f", {name} {p[key]}" for name, key in (("CUDA", "cuda"), ("cuDNN", "cudnn"))
+                  if p.get(key))
+    dirty = " (modified)" if p.get("git_dirty") else ""
+    data = p.get("dataset") or {}
+    fingerprint = data.get("sha256") or f"unknown ({data.get('error')})"
+    return [f"code: drl {p['drl_version']} at commit {p['git_commit']}{dirty}; Python "
+            f"{p['python']}, torch {p['torch']}{gpu}",
+            f"trained on: {p['host']}, {p['device']} ({p['device_model']})",
+            f"data: {data.get('name')}, sha256 {fingerprint}"]
 
 
 def format_samples(items: list[dict[str, Any]]) -> str:

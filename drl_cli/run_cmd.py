@@ -91,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
     # Imported here so `drl --help` and the service commands stay fast without torch.
     from drl_engine.checkpoint import ResumeError
     from drl_engine.pipeline import RunInterrupted, run_experiment
+    from drl_engine.provenance import code_commit
+
+    code_commit()   # the commit of the code this run imported (metrics.json's provenance)
 
     from .interrupts import StopRequest
     from .out_dir import check_output_folder

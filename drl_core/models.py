@@ -138,6 +138,8 @@ class Experiment(Base):
     owner_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id"), index=True)
     spec: Mapped[dict[str, Any]]
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(200))
+    # What trained it (drl_engine/provenance.py), written when its train job starts.
+    provenance: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(default=utc_now, onupdate=utc_now)
 

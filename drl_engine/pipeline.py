@@ -13,8 +13,9 @@ Output layout (the service stores the same files under its artifact keys):
     DIR/samples.png  (encoded codes: rows of test images, each over a row of their
                       reconstructions; with labels, each image captioned with its class and
                       each reconstruction with FD-LeNet's classifier's label of it)
-    DIR/metrics.json (spec, training summary, probe table with best t chosen on validation
-                      and its control's, sampling summary)
+    DIR/metrics.json (spec, provenance (code, software, machine, dataset fingerprint:
+                      provenance.py), training summary, probe table with best t chosen on
+                      validation and its control's, sampling summary)
 
 Every kind that samples adds the FD-LeNet of samples.png's images against the test images
 (`fd_lenet`; needs labels); VDM kinds add the test-set bits/dim and each ELBO term
@@ -50,6 +51,7 @@ from .fd_lenet import FD_LENET, classifier_labels, fd_lenet, reconstruction_agre
 from .generate import Generation, generate, generate_interpolations
 from .plots import plot_code_usage, plot_probe_curves, save_captioned_grid, save_image_grid
 from .probes import ProbeTable, chance_accuracy, probe_sweep
+from .provenance import collect_provenance
 from .registry import kind_entry, untrained_model
 from .spec import (RANDOM_INIT, TRAINED, EncoderWeights, ExperimentSpec, SampleSpec,
                    generation_sample_spec, has_encoder, has_sampler)
@@ -318,6 +320,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
         discard_previous_run(out_dir)
     log(f"dataset {ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test images "
         f"of shape {tuple(ds.image_shape)} on {device}")
+    provenance = collect_provenance(spec.dataset, device)
 
     code_usage = CodeUsageTracker(spec, ds, device)
     if code_usage.skip_reason is not None:
@@ -430,6 +433,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
 
     metrics = {
         "spec": spec.model_dump(mode="json"),
+        "provenance": provenance,
         "dataset": {"name": ds.name, "image_shape": list(ds.image_shape),
                     "train": len(ds.x_train), "test": len(ds.x_test)},
         "train": {"steps": result.step, "final_loss": result.final_loss,

@@ -17,6 +17,8 @@ import pytest
 import yaml
 
 from drl_cli.main import main
+from drl_engine import provenance
+from drl_engine.spec import DatasetSpec
 
 # Small enough to train in seconds on 2 cores, large enough to exercise every stage.
 TINY = {
@@ -27,6 +29,11 @@ TINY = {
     "evaluate": {"t_grid": [0.0, 0.5, 1.0], "label_budgets": [20, 50], "probe_train_limit": 200},
     "sample": {"sampler": "pc", "steps": 20, "count": 4},
 }
+
+
+def git_head() -> str:
+    return subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "rev-parse",
+                           "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
 
 
 def write_spec(path: Path, **sections) -> Path:
@@ -48,10 +55,18 @@ def test_run_digits_time_conditioned_writes_every_output(tmp_path):
                       dataset={"name": "digits", "train_limit": 300, "test_limit": 100},
                       model={**TINY["model"], "encoder": "time_conditioned"})
     out = tmp_path / "out"
+    head_before = git_head()
+    provenance.code_commit.cache_clear()   # as if this process started now, as `drl run` does
     assert main(["run", str(spec), "--out", str(out)]) == 0
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 30
+    # What made it: this checkout's commit (or the next, should someone commit meanwhile),
+    # this CPU, the digits file's fingerprint (tests/test_provenance.py checks every field).
+    made_by = metrics["provenance"]
+    assert made_by["git_commit"] in {head_before, git_head()}
+    assert (made_by["device"], made_by["cuda"], made_by["cudnn"]) == ("cpu", None, None)
+    assert made_by["dataset"] == provenance.dataset_fingerprint(DatasetSpec(name="digits"))
     assert np.isfinite(metrics["train"]["final_loss"])
     assert metrics["encode"]["t_independent"] is False
     assert metrics["sample"]["finite"] is True

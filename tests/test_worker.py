@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 import re
+import socket
+import subprocess
 from datetime import timedelta
+from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +23,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from api.main import create_app
+from api.schemas import Provenance
 from drl_core.artifact_keys import (
     SPLITS,
     checkpoint_step,
@@ -38,12 +44,14 @@ from drl_core.experiments import (
     request_encodings,
 )
 from drl_core.job_states import JobStatus, transition, utc_now
+from drl_cli.client_cmd import format_experiment
 from drl_cli.main import main
 from drl_core.models import Artifact, Experiment, Job, MetricPoint
 from drl_engine.checkpoint import KEEP_LAST, load_model
 from drl_engine.code_usage import held_out_batch, measure_code_usage
 from drl_engine.datasets import load_dataset
 from drl_engine.encode import encode_at
+from drl_engine.provenance import cpu_model, dataset_fingerprint
 from drl_engine.registry import untrained_model
 from worker.context import WorkerResources
 from worker.reaper import reap_stale_jobs
@@ -51,6 +59,7 @@ from worker.tasks import run_job, send_handed_back
 
 pytest.register_assert_rewrite("worker_fixtures")
 from worker_fixtures import (  # noqa: E402
+    REPO_ROOT,
     ServiceHarness,
     filesystem_celery,
     queued_job_ids,
@@ -62,6 +71,15 @@ from worker_fixtures import (  # noqa: E402
 pytest_plugins = ["worker_fixtures"]
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def git_head() -> str:
+    return subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+# This checkout's commit before any worker of this module started (the code it runs).
+HEAD_AT_START = git_head()
 T_GRID = [0.0, 0.5, 1.0]
 
 
@@ -107,6 +125,31 @@ def finished_experiment(service: ServiceHarness) -> int:
         ("train", "succeeded"), ("encode", "succeeded"), ("probe", "succeeded"),
         ("sample", "succeeded")], [(j.kind, j.status, j.error, j.log_tail) for j in jobs]
     return experiment_id
+
+
+def test_the_experiment_records_what_trained_it(service: ServiceHarness,
+                                                finished_experiment: int) -> None:
+    """Its train job's provenance: this checkout's commit, the versions, this machine, the
+    dataset files' sha256; on the experiment, in GET /experiments/{id} and `drl status ID`."""
+    recorded = service.experiment(finished_experiment).provenance
+    assert recorded is not None
+    # (another engineer may commit while the module runs: then one of the two)
+    assert recorded["git_commit"] in {HEAD_AT_START, git_head()}
+    assert recorded["drl_version"] == metadata.version("drl")
+    assert (recorded["python"], recorded["torch"]) == (platform.python_version(), torch.__version__)
+    assert (recorded["device"], recorded["cuda"], recorded["cudnn"]) == ("cpu", None, None)
+    assert recorded["device_model"] == cpu_model() and recorded["host"] == socket.gethostname()
+    spec = tiny_spec(model={"encoder": "time_conditioned"})
+    assert recorded["dataset"] == dataset_fingerprint(spec.dataset)
+    (file,) = recorded["dataset"]["files"]
+    assert file["sha256"] == hashlib.sha256(Path(file["path"]).read_bytes()).hexdigest()
+
+    with TestClient(create_app(service.settings)) as client:
+        shown = client.get(f"/experiments/{finished_experiment}").json()
+    assert shown["provenance"] == Provenance.model_validate(recorded).model_dump(mode="json")
+    status = format_experiment(shown)
+    assert f"code: drl {recorded['drl_version']} at commit {recorded['git_commit']}" in status
+    assert f"data: digits, sha256 {recorded['dataset']['sha256']}" in status
 
 
 def test_pipeline_stores_every_artifact(service: ServiceHarness, finished_experiment: int,

@@ -8,7 +8,11 @@ with in this process, so a worker enqueues downstream jobs through its own broke
 from __future__ import annotations
 
 from drl_core.queue import default_celery
+from drl_engine.provenance import code_commit
 from worker import tasks
 
 celery_app = default_celery()
 tasks.register(celery_app)
+# The commit of the code this worker imported, read now, before its pool processes fork (they
+# inherit it): a checkout updated while the worker runs is not the code it runs.
+code_commit()

@@ -36,7 +36,8 @@ IDEMPOTENCY_KEY_MAX = 200  # the column's length
 
 def experiment_out(session: Session, experiment: Experiment) -> ExperimentOut:
     summary = ExperimentSummary.from_service(service.experiment_summary(session, experiment))
-    return ExperimentOut(**experiment_fields(experiment), spec=experiment.spec, summary=summary)
+    return ExperimentOut(**experiment_fields(experiment), spec=experiment.spec, summary=summary,
+                         provenance=experiment.provenance)
 
 
 @router.post(

@@ -8,12 +8,13 @@ checks the same files from their headers only (what a submit can afford);
 
 from .core import DatasetError, ImageDataset, from_model_range, to_model_range
 from .download import download_dataset
-from .loader import check_dataset, load_dataset, resolve_data_dir
+from .loader import check_dataset, dataset_files, load_dataset, resolve_data_dir
 
 __all__ = [
     "DatasetError",
     "ImageDataset",
     "check_dataset",
+    "dataset_files",
     "download_dataset",
     "from_model_range",
     "load_dataset",

@@ -175,6 +175,13 @@ def load_cifar10(data_dir: Path, train_limit: int | None = None,
     return _load_partial(path, train_limit, test_limit)
 
 
+def cifar10_files(data_dir: Path) -> list[Path]:
+    """The files `load_cifar10` reads from: the six batches (all of them, though a limited run
+    may stop before the last), or the partial npz."""
+    layout, path = find_cifar10(data_dir)
+    return _batch_paths(path) if layout == "batches" else [path]
+
+
 def check_cifar10(data_dir: Path) -> None:
     """The DatasetError `load_cifar10` would raise for missing files, a mis-shaped partial npz
     (its headers) or a batch cut short (pickle's framing), without loading any of them."""

@@ -9,6 +9,9 @@ capacity modelling them. Values stay within 0..16 and are scaled by 255/16 and r
 
 from __future__ import annotations
 
+from importlib import resources
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -21,6 +24,11 @@ IMAGE_SIZE = 16
 # Fixed in code so that every run, on every machine, sees the same split.
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
+
+
+def digits_file() -> Path:
+    """The file scikit-learn's `load_digits` reads: bundled with it, no download."""
+    return Path(str(resources.files("sklearn.datasets") / "data" / "digits.csv.gz"))
 
 
 def digits_images() -> tuple[np.ndarray, np.ndarray]:

@@ -120,6 +120,11 @@ def load_idx_dataset(source: IdxSource, data_dir: Path, train_limit: int | None 
                          test_limit=test_limit, num_classes=source.num_classes)
 
 
+def idx_files(source: IdxSource, data_dir: Path) -> list[Path]:
+    """The four files `load_idx_dataset` reads (DatasetError naming the first missing)."""
+    return [find_idx_file(data_dir, source, stem) for stem in FILE_STEMS]
+
+
 def check_idx_dataset(source: IdxSource, data_dir: Path) -> None:
     """The DatasetError `load_idx_dataset` would raise for a missing, foreign, truncated or
     mis-shaped file, found from the files' headers and lengths (idx_shape); what only the data

@@ -19,6 +19,9 @@ checkpoint and at the end, recorded as points at that step under the keys of
 drl_core/code_usage_metrics.py (GET /experiments/{id}/code-usage serves them). A resumed
 attempt's points after its checkpoint are discarded with the others; a step measured again
 replaces its points.
+
+Once the dataset is loaded, what trains the experiment (code, software, machine, dataset
+fingerprint: drl_engine/provenance.py) is written on it, as each run of the job starts.
 """
 
 from __future__ import annotations
@@ -36,11 +39,13 @@ from torch import nn
 from drl_core.artifact_keys import ArtifactKind, checkpoint_key, metrics_key
 from drl_core.code_usage_metrics import PREFIX as CODE_USAGE_PREFIX
 from drl_core.code_usage_metrics import code_usage_points
-from drl_core.models import MetricPoint
+from drl_core.data_paths import with_data_folder
+from drl_core.models import Experiment, MetricPoint
 from drl_engine.checkpoint import KEEP_LAST
 from drl_engine.code_usage import CodeUsageTracker
 from drl_engine.code_usage_table import CodeUsage
 from drl_engine.pipeline import bits_per_dim_report, describe_bits_per_dim
+from drl_engine.provenance import collect_provenance
 from drl_engine.registry import kind_entry
 from drl_engine.trainer import TrainProgress, train
 from drl_engine.vdm.losses import TERMS
@@ -66,6 +71,7 @@ def run(ctx: JobContext) -> None:
         ctx.log(f"attempt {ctx.attempt}: resuming from checkpoint step {resumed_step}")
     discard_metrics_after(ctx, resumed_step)
     dataset = job_dataset(ctx)
+    record_provenance(ctx, device)
     code_usage = CodeUsageTracker(ctx.spec, dataset, device,
                                   on_measured=lambda usage: record_code_usage(ctx, usage))
     if code_usage.skip_reason is not None:
@@ -88,6 +94,21 @@ def run(ctx: JobContext) -> None:
     ctx.log(f"trained {result.step} steps on {device}; final loss {result.final_loss}")
     if kind_entry(ctx.spec.model.kind).reports_bits_per_dim:
         record_bits_per_dim(ctx, result.model, dataset.x_test, device, result.step)
+
+
+def record_provenance(ctx: JobContext, device: torch.device) -> None:
+    """What trains the experiment, on the experiment (drl_engine/provenance.py): each run of
+    the job writes its own, so a training resumed elsewhere says where it finished."""
+    provenance = collect_provenance(with_data_folder(ctx.spec.dataset, ctx.settings.data_dir),
+                                    device)
+    ctx.ensure_held()
+    ctx.session.execute(sa.update(Experiment).where(Experiment.id == ctx.experiment_id)
+                        .values(provenance=provenance))
+    ctx.commit()
+    dirty = " (modified)" if provenance["git_dirty"] else ""
+    ctx.log(f"drl {provenance['drl_version']} at commit {provenance['git_commit']}{dirty}, "
+            f"torch {provenance['torch']}, on {provenance['host']} "
+            f"({provenance['device_model']}); dataset sha256 {provenance['dataset']['sha256']}")
 
 
 def discard_metrics_after(ctx: JobContext, step: int) -> None:
