@@ -264,9 +264,10 @@ def name_of(client: TestClient, experiment_id: int) -> str:
 
 
 def chart_data(html: str) -> dict[str, dict]:
-    found = re.search(r'<script type="application/json" class="chart-data">(.*?)</script>', html, re.S)
-    assert found, "the page carries no chart data"
-    return {chart["id"]: chart for chart in json.loads(found.group(1))}
+    """Each chart figure's data, by id (JSON in a single-quoted attribute: Jinja's tojson
+    writes ' < > & as \\u escapes)."""
+    charts = [json.loads(data) for data in re.findall(r"<figure [^>]*data-chart='([^']*)'", html)]
+    return {chart["id"]: chart for chart in charts}
 
 
 def test_run_page_shows_spec_jobs_curves_samples_and_embeddings(
@@ -311,9 +312,27 @@ def test_run_page_shows_spec_jobs_curves_samples_and_embeddings(
     stored = np.load(io.BytesIO((settings.artifact_dir / embedding_key(finished, "test", 0.5)).read_bytes()))
     assert np.array_equal(np.load(io.BytesIO(npy.content)), stored) and stored.shape == (100, 4)
 
-    assert "hx-trigger" not in html                          # finished: the page is still
+    assert 'hx-trigger="every' not in html                   # finished: the page is still
     fragment = is_page(client.get(f"/fragments/runs/{finished}"), 200)
     assert fragment.startswith('<section id="live"') and chart_data(fragment).keys() == charts.keys()
+
+
+def test_the_test_codes_in_2d(client: TestClient, settings: Settings, finished: int) -> None:
+    html = client.get(f"/runs/{finished}").text
+    best = client.get(f"/experiments/{finished}").json()["summary"]["best_t"]["linear"]["t"]
+    assert f'/fragments/runs/{finished}/scatter?t={best}" hx-trigger="load"' in html
+    fragment = is_page(client.get(f"/fragments/runs/{finished}/scatter", params={"t": 0.5}), 200)
+    (scatter,) = chart_data(fragment).values()
+    codes = np.load(io.BytesIO((settings.artifact_dir / embedding_key(finished, "test", 0.5)).read_bytes()))
+    points = np.column_stack([scatter["x"], scatter["y"]])
+    assert points.shape == (100, 2) and len(scatter["labels"]) == 100
+    assert scatter["x_label"].startswith("PC 1 (")                   # a 4-d code, projected
+    # principal axes: uncorrelated, variance decreasing, at most the codes' total variance
+    covariance = np.cov(points.T)
+    assert abs(covariance[0, 1]) < 1e-6 * covariance[0, 0] and covariance[0, 0] >= covariance[1, 1]
+    assert covariance.trace() <= np.cov(codes.T.astype(np.float64)).trace() * (1 + 1e-9)
+    missing = is_page(client.get(f"/fragments/runs/{finished}/scatter", params={"t": 0.3}), 200)
+    assert "no test embeddings at t=0.300; computed t: 0, 0.5, 1" in missing
 
 
 def test_unknown_ids_are_404_pages(client: TestClient) -> None:
@@ -462,9 +481,37 @@ def test_a_browser_signs_in_and_sees_the_run_and_its_charts(
             expect(page).to_have_url(f"{base}/runs/{finished}")
             for chart_id in ("loss", "accuracy", "code-usage"):
                 expect(page.locator(f'figure[data-chart-id="{chart_id}"] canvas')).to_have_count(1)
+            expect(page.locator("figure.scatter canvas")).to_have_count(1)
             expect(page.locator("figure.sample img")).to_have_js_property("complete", True)
             assert page.locator("figure.sample img").evaluate("img => img.naturalWidth") > 0
             page.screenshot(path=tmp_path / "run.png", full_page=True)
             assert errors == []
         finally:
             browser.close()
+
+
+# --- a kind without a code ---------------------------------------------------------------
+
+
+def test_a_vdm_run_shows_bits_per_dim_and_no_probes(client: TestClient, settings: Settings,
+                                                    sessions: sessionmaker[Session]) -> None:
+    """vdm learns no code: no probe or code-usage section, no encode form; its test-set
+    bits/dim term by term, as its train job stored them."""
+    celery = make_celery(settings)
+    with sessions() as session:
+        experiment, _ = create_experiment(session, tiny_spec(model={"kind": "vdm"}), None, None,
+                                          celery_app=celery)
+        experiment_id, job_ids = experiment.id, [job.id for job in experiment.jobs]
+    resources = WorkerResources(settings)
+    try:
+        assert [run_job(job_id, resources, celery) for job_id in job_ids] == ["succeeded"] * 2
+    finally:
+        resources.dispose()
+        celery.close()
+    html = is_page(client.get(f"/runs/{experiment_id}"), 200)
+    bits = client.get(f"/experiments/{experiment_id}").json()["summary"]["bits_per_dim"]
+    assert "<h2>Bits/dim</h2>" in html and f"{bits['total']:.4g}" in html
+    assert f"{bits['diffusion']:.4g}" in html and f"{bits['prior']:.4g}" in html
+    assert set(chart_data(html)) == {"loss"}
+    assert "Probe accuracy" not in html and "Code usage" not in html and "/encodings" not in html
+    assert "Draw samples" in html and "figure class=\"sample\"" in html

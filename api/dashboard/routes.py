@@ -9,6 +9,7 @@ sign-in check.
 from __future__ import annotations
 
 import io
+from dataclasses import asdict
 from typing import Annotated
 from urllib.parse import urlencode
 
@@ -21,10 +22,11 @@ from api.dashboard.notices import notice_for
 from api.dashboard.rendering import PageRoute, ResourceRoute, render
 from api.dashboard.run_view import chart_data, run_view
 from api.dashboard.runs_view import owner_names, runs_page
+from api.dashboard.scatter import embedding_scatter
 from api.dashboard.sign_in import dashboard_user
 from api.deps import SessionDep, StateDep, StoreDep
 from api.lookups import ExperimentId, JobId
-from api.problems import field_error, validation_problem
+from api.problems import Problem, field_error, validation_problem
 from api.routers import embeddings, samples
 from api.schemas import Split
 from drl_core.artifact_keys import t_key
@@ -98,6 +100,18 @@ def run_fragment(request: Request, experiment_id: ExperimentId, session: Session
     view = run_view(session, store, experiment_id)
     return render(request, "_run_live.html", view=view, charts=chart_data(view.charts),
                   refresh_s=REFRESH_S)
+
+
+@resources.get("/fragments/runs/{experiment_id}/scatter", response_class=HTMLResponse)
+def scatter_fragment(request: Request, experiment_id: ExperimentId, session: SessionDep,
+                     store: StoreDep, state: StateDep,
+                     t: Annotated[float, Query(ge=0.0, le=1.0)]) -> HTMLResponse:
+    """The test codes at t in 2-d; without codes at t, the API's reason in their place."""
+    try:
+        scatter = embedding_scatter(session, store, state, experiment_id, t)
+    except Problem as missing:
+        return render(request, "_scatter.html", missing=missing.detail)
+    return render(request, "_scatter.html", scatter=scatter, chart=asdict(scatter))
 
 
 @resources.get("/runs/{experiment_id}/samples/{job_id}.png", response_class=Response)

@@ -86,6 +86,16 @@ class RunView:
     charts: list[Chart] = field(default_factory=list)
 
     @property
+    def scatter_t(self) -> float | None:
+        """The t the codes' scatter opens at: the linear probe's best t where the test codes
+        were computed there, else the middle computed t; None without test codes."""
+        computed = self.experiment.summary.embeddings.get("test") or []
+        best = (self.experiment.summary.best_t or {}).get("linear")
+        if best is not None and best.t in computed:
+            return best.t
+        return computed[len(computed) // 2] if computed else None
+
+    @property
     def accuracy_columns(self) -> list[str]:
         value = self.probes.value if self.probes else None
         return [c for c in value.columns if c not in NOT_ACCURACY] if value else []
@@ -184,6 +194,6 @@ def finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def chart_data(charts: list[Chart]) -> list[dict[str, Any]]:
-    """The charts as the page's JSON (read by static/dashboard.js)."""
-    return [asdict(chart) for chart in charts]
+def chart_data(charts: list[Chart]) -> dict[str, dict[str, Any]]:
+    """The charts by id, as each figure's `data-chart` JSON (static/dashboard.js draws it)."""
+    return {chart.id: asdict(chart) for chart in charts}
