@@ -205,7 +205,7 @@ def test_pages_load_nothing_from_elsewhere(client: TestClient, auth_client: Test
 
 def test_the_openapi_document_lists_no_page(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
-    assert not [p for p in paths if p == "/" or p.startswith(("/runs", "/fragments", "/sign-"))]
+    assert not [p for p in paths if p == "/" or p.startswith(("/runs", "/fragments", "/sign-", "/compare"))]
     assert "/experiments" in paths
     assert client.get("/docs").status_code == 200
 
@@ -341,6 +341,30 @@ def test_unknown_ids_are_404_pages(client: TestClient) -> None:
     # fragments and files answer as the API does
     assert is_problem(client.get("/fragments/runs/999999"), 404)["detail"] == "experiment 999999 not found"
     assert is_problem(client.get("/runs/999999/samples/1.png"), 404)
+
+
+def test_compare_overlays_curves_and_lines_up_samples(client: TestClient, queued,
+                                                      finished: int) -> None:
+    other = queued("other-run")                          # the same tiny spec but its name
+    assert f'name="id" value="{finished}" form="compare"' in client.get("/").text
+    html = is_page(client.get("/compare", params={"id": [finished, other]}), 200)
+    charts = chart_data(html)
+    assert charts["loss"]["x"] == [10, 20, 30]
+    assert [s["label"] for s in charts["loss"]["series"]] == [f"#{finished} digits-drl-static"]
+    probes = client.get(f"/experiments/{finished}/probes").json()
+    (accuracy,) = charts["accuracy"]["series"]
+    assert accuracy["values"] == [row["linear"] for row in probes["rows"]]
+    differences = re.findall(r"<tr><td><code>([\w.]+)</code></td><td>([^<]*)</td><td>([^<]*)</td></tr>", html)
+    assert differences == [("name", "null", "other-run")]
+    # one sample setting in both runs: the finished run's grid beside the queued run's job
+    assert html.count('<h3 class="sample-settings">') == 1
+    assert "sampler pc · steps 10 · t_init 1.0 · prior gaussian · code_source encoded" in html
+    assert f'src="/runs/{finished}/samples/' in html and re.search(r"job #\d+ queued", html)
+
+    assert "pick 2 to 8 runs to compare, got 1" in is_page(client.get("/compare", params={"id": [finished]}), 422)
+    assert is_page(client.get("/compare", params={"id": list(range(1, 10))}), 422)
+    assert "experiment 999999 not found" in is_page(
+        client.get("/compare", params={"id": [finished, 999999]}), 404)
 
 
 # --- actions -----------------------------------------------------------------------------

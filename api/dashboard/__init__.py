@@ -6,7 +6,8 @@ static/vendor/vendor.json with their sha256 and licence), so it works on a box w
 internet. The pages are not part of the OpenAPI document: it describes the JSON API only.
 
 - /                      runs page (filters, pages, live while anything runs)
-- /runs/{id}             run page (spec, jobs, curves, samples, actions)
+- /runs/{id}             run page (spec, jobs, curves, codes in 2-d, samples, actions)
+- /compare?id=..&id=..   2 to 8 runs: curves overlaid, spec differences, samples lined up
 - /sign-in, /sign-out    the sign-in cookie, when auth is on
 - /fragments/...         what htmx polls; /runs/{id}/... files and action posts
 """

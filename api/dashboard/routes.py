@@ -16,7 +16,9 @@ from urllib.parse import urlencode
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse
+from pydantic import Field
 
+from api.dashboard.compare_view import compare_view
 from api.dashboard.forms import sample_form
 from api.dashboard.notices import notice_for
 from api.dashboard.rendering import PageRoute, ResourceRoute, render
@@ -25,7 +27,7 @@ from api.dashboard.runs_view import owner_names, runs_page
 from api.dashboard.scatter import embedding_scatter
 from api.dashboard.sign_in import dashboard_user
 from api.deps import SessionDep, StateDep, StoreDep
-from api.lookups import ExperimentId, JobId
+from api.lookups import MAX_ID, ExperimentId, JobId
 from api.problems import Problem, field_error, validation_problem
 from api.routers import embeddings, samples
 from api.schemas import Split
@@ -92,6 +94,14 @@ def render_run_page(request: Request, session: SessionDep, store: StoreDep, expe
     view = run_view(session, store, experiment_id)
     return render(request, "run.html", status_code, view=view, charts=chart_data(view.charts),
                   sample_form=sample_form(), refresh_s=REFRESH_S, **context)
+
+
+@pages.get("/compare", response_class=HTMLResponse)
+def compare(request: Request, session: SessionDep, store: StoreDep,
+            id: Annotated[list[Annotated[int, Field(ge=1, le=MAX_ID)]], Query()] = []) -> HTMLResponse:  # noqa: B006
+    """?id=1&id=2...: 2 to 8 runs (the runs page's check boxes)."""
+    view = compare_view(session, store, id)
+    return render(request, "compare.html", view=view, charts=chart_data(view.charts))
 
 
 @resources.get("/fragments/runs/{experiment_id}", response_class=HTMLResponse)
