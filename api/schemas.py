@@ -306,16 +306,51 @@ class CodeUsageOut(BaseModel):
                                 for usage in series])
 
 
-class FDLeNetOut(BaseModel):
-    """A sample job's FD-LeNet (drl_engine/fd_lenet.py): the Frechet distance between the
-    drawn images and the test split in a small classifier's features; not an FID."""
+INTERVAL_NOTE = ("95% basic-bootstrap interval for the population FD (drl_engine/fd_interval.py); "
+                 "the plug-in value may lie above it, by its upward bias")
+
+
+class FDFloorOut(BaseModel):
+    """The real-vs-real floor: as many real images as samples against the same test split."""
 
     value: float | None = Field(description="the distance (>= 0); null if not finite")
+    ci_low: float | None = Field(default=None, description=INTERVAL_NOTE)
+    ci_high: float | None = None
+    samples: int = Field(description="real images compared")
+    split: str = Field(description="where they come from (disjoint from the test split)")
+
+    @classmethod
+    def from_meta(cls, floor: dict[str, Any]) -> FDFloorOut:
+        return cls(**{**floor, **{k: finite_or_none(floor.get(k))
+                                  for k in ("value", "ci_low", "ci_high")}})
+
+
+class FDLeNetOut(BaseModel):
+    """A sample job's FD-LeNet (drl_engine/fd_lenet.py): the Frechet distance between the
+    drawn images and the test split in a small classifier's features; not an FID. Jobs
+    stored before intervals were measured have null ci_low, ci_high and floor."""
+
+    value: float | None = Field(description="the distance (>= 0); null if not finite")
+    ci_low: float | None = Field(default=None, description=INTERVAL_NOTE)
+    ci_high: float | None = None
+    ci_level: float | None = None
+    estimated_bias: float | None = Field(default=None, description="the bootstrap's estimate of "
+                                         "the value's upward bias (why it may exceed ci_high)")
     samples: int = Field(description="images the estimate used")
+    smoke: bool = Field(description="fewer than 1,000 samples: a smoke test, not a result")
+    floor: FDFloorOut | None = Field(default=None, description="the real-vs-real floor beside it")
     steps: int
     name: str = Field(description="always 'FD-LeNet'")
     reference: str = Field(description="the split compared against")
     note: str | None = Field(default=None, description="why the value is biased, with few samples")
+
+    @classmethod
+    def from_meta(cls, fd: dict[str, Any]) -> FDLeNetOut:
+        """From a sample artifact's meta; before `smoke` was stored, the note marked it."""
+        return cls(**{**fd, **{k: finite_or_none(fd.get(k))
+                                for k in ("value", "ci_low", "ci_high", "estimated_bias")},
+                      "smoke": fd.get("smoke", fd.get("note") is not None),
+                      "floor": fd.get("floor") and FDFloorOut.from_meta(fd["floor"])})
 
 
 class SampleOut(BaseModel):
@@ -329,6 +364,10 @@ class SampleOut(BaseModel):
     count: int | None = Field(default=None, description="images drawn")
     sampler: str | None = None
     steps: int | None = None
+    nfe: int | None = Field(default=None, description="network evaluations per sample; null "
+                                                      "for jobs stored before it was recorded")
+    seconds: float | None = Field(default=None, description="the sampler's wall time; null for "
+                                                            "jobs stored before it was recorded")
     code_source: str | None = Field(default=None, description="null for a model without codes (vdm)")
     fd_lenet: FDLeNetOut | None = Field(
         default=None, description="null without labels in the dataset, or before success")
@@ -348,8 +387,10 @@ class SampleOut(BaseModel):
             fd = meta.get("fd_lenet")
             fields |= {
                 "count": meta.get("count"), "sampler": meta.get("sampler"),
-                "steps": meta.get("steps"), "code_source": meta.get("code_source"),
-                "fd_lenet": fd and {**fd, "value": finite_or_none(fd.get("value"))},
+                "steps": meta.get("steps"), "nfe": meta.get("nfe"),
+                "seconds": finite_or_none(meta.get("seconds")),
+                "code_source": meta.get("code_source"),
+                "fd_lenet": fd and FDLeNetOut.from_meta(fd),
                 "reconstruction_agreement": meta.get("reconstruction_agreement"),
                 "url": f"/experiments/{job.experiment_id}/samples/{job.id}.png",
             }

@@ -458,13 +458,27 @@ def format_provenance(p: dict[str, Any]) -> list[str]:
             f"data: {data.get('name')}, sha256 {fingerprint}"]
 
 
+def fd_cell(fd: dict[str, Any] | None) -> str:
+    """'value [ci_low, ci_high]' (the value alone for jobs stored before intervals), '*' when
+    a smoke run. Written here, not imported from drl_engine.fd_interval: the client loads
+    no torch."""
+    if not fd or fd.get("value") is None:
+        return ""
+    interval = ("" if fd.get("ci_low") is None or fd.get("ci_high") is None
+                else f" [{fd['ci_low']:.3f}, {fd['ci_high']:.3f}]")
+    return f"{fd['value']:.3f}{interval}" + ("*" if fd.get("smoke") else "")
+
+
 def format_samples(items: list[dict[str, Any]]) -> str:
     rows = []
     for s in items:
         fd = s.get("fd_lenet") or {}
         rows.append([str(s["job_id"]), s["status"], str(s.get("count") or ""), s.get("sampler") or "",
-                     str(s.get("steps") or ""), s.get("code_source") or "",
-                     "" if fd.get("value") is None else f"{fd['value']:.3f}"])
-    return (format_table(["JOB", "STATUS", "COUNT", "SAMPLER", "STEPS", "CODES", "FD-LENET"], rows)
+                     str(s.get("steps") or ""), str(s.get("nfe") or ""), s.get("code_source") or "",
+                     fd_cell(fd), fd_cell(fd.get("floor"))])
+    return (format_table(["JOB", "STATUS", "COUNT", "SAMPLER", "STEPS", "NFE", "CODES", "FD-LENET",
+                          "REAL FLOOR"], rows)
             + f"\n({len(items)} sample jobs; FD-LeNet: Frechet distance to the test split in "
-              "LeNet features, not an FID)")
+              "LeNet features, not an FID, with its 95% bootstrap interval; real floor: as many "
+              "training images against the test split; *: fewer than 1,000 samples, a smoke "
+              "run, not a result)")

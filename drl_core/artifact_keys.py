@@ -35,7 +35,8 @@ class ArtifactKind(StrEnum):
     CONTROL_EMBEDDING = "control_embedding"
     LABELS = "labels"         # meta {"split": ...}
     PROBES = "probes"         # meta {"format": "json"|"csv"|"png"}; the json row adds "best", "control_best"
-    SAMPLE = "sample"         # meta {"job_id": N, "count", "sampler", "steps", "code_source", "fd_lenet" (when computed)}
+    SAMPLE = "sample"         # meta {"job_id": N, "count", "sampler", "steps", "nfe", "seconds", "code_source",
+                              #       "fd_lenet" (when computed: value, ci_low, ci_high, floor, smoke, ...)}
     METRICS = "metrics"       # meta {"name": "bits_per_dim", "values": {...}}: what the file holds
     LOG = "log"               # meta {"job_id": N, "lines": n}
 

@@ -26,6 +26,9 @@ Tr (C_1 C_2)^{1/2} is computed with scipy.linalg.sqrtm when scipy is installed (
 reference code does, with a small diagonal offset if the product is singular), else from
 eigendecompositions: with S = C_1^{1/2} (symmetric), C_1 C_2 is similar to S C_2 S, which is
 symmetric PSD, so Tr (C_1 C_2)^{1/2} = sum_i sqrt(lambda_i(S C_2 S)).
+
+How far an FD-LeNet can be trusted (its bootstrap interval, the real-vs-real floor, smoke runs
+below 1,000 samples) is fd_interval.py's.
 """
 
 from __future__ import annotations
@@ -248,10 +251,7 @@ def trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray, method: str = "auto")
                 root = _scipy_linalg.sqrtm((cov1 + offset) @ (cov2 + offset))
         return float(np.real(np.trace(root)))
     if method == "eigh":
-        vals, vecs = np.linalg.eigh(cov1)
-        s = (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
-        inner = np.linalg.eigvalsh(s @ cov2 @ s)
-        return float(np.sqrt(np.clip(inner, 0.0, None)).sum())
+        return float(trace_sqrt_products(cov1, cov2))
     raise ValueError(f"method: expected 'auto', 'scipy' or 'eigh', got {method!r}")
 
 
@@ -263,9 +263,33 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
     if mu1.shape != mu2.shape or cov1.shape != cov2.shape or cov1.shape != (len(mu1), len(mu1)):
         raise ValueError(f"frechet_distance: expected means (D,) and covariances (D, D) of one D, "
                          f"got {mu1.shape}, {cov1.shape}, {mu2.shape}, {cov2.shape}")
+    return max(float(frechet_from_parts(mu1, cov1, mu2, cov2,
+                                        trace_sqrt_product(cov1, cov2, method))), 0.0)
+
+
+def trace_sqrt_products(cov1: np.ndarray, cov2: np.ndarray) -> np.ndarray:
+    """Tr (C_1 C_2)^{1/2} of each pair in stacks (..., D, D) of symmetric PSD matrices, by
+    eigendecompositions (the module docstring's 'eigh' route): sum_i sqrt(lambda_i(S C_2 S)),
+    S = C_1^{1/2}. numpy's eigh works on stacks, so a bootstrap's B pairs take one call."""
+    vals, vecs = np.linalg.eigh(cov1)
+    s = (vecs * np.sqrt(np.clip(vals, 0.0, None))[..., None, :]) @ np.swapaxes(vecs, -1, -2)
+    inner = np.linalg.eigvalsh(s @ cov2 @ s)
+    return np.sqrt(np.clip(inner, 0.0, None)).sum(-1)
+
+
+def frechet_from_parts(mu1, cov1, mu2, cov2, trace_root):
+    """||mu_1 - mu_2||^2 + Tr C_1 + Tr C_2 - 2 Tr (C_1 C_2)^{1/2}, given the last trace;
+    over stacks (..., D) and (..., D, D) too. Not clipped."""
     diff = mu1 - mu2
-    value = diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * trace_sqrt_product(cov1, cov2, method)
-    return max(float(value), 0.0)
+    return ((diff * diff).sum(-1) + np.trace(cov1, axis1=-2, axis2=-1)
+            + np.trace(cov2, axis1=-2, axis2=-1) - 2 * trace_root)
+
+
+def check_sample_shape(samples: np.ndarray | torch.Tensor, dataset: ImageDataset) -> None:
+    """Samples must have the dataset's image shape, or their features compare nothing."""
+    if tuple(samples.shape[1:]) != dataset.image_shape:
+        raise ValueError(f"samples: expected images of shape {dataset.image_shape} like the "
+                         f"{dataset.name} test images, got {tuple(samples.shape[1:])}")
 
 
 def fd_lenet(samples: np.ndarray | torch.Tensor, dataset: ImageDataset,
@@ -273,9 +297,7 @@ def fd_lenet(samples: np.ndarray | torch.Tensor, dataset: ImageDataset,
              device: torch.device | str = "cpu") -> float:
     """FD-LeNet between `samples` (uint8 pixels or floats in [0, 1], (N, C, H, W), N >= 2)
     and the dataset's test images, with the dataset's cached LeNet (trained if missing)."""
-    if tuple(samples.shape[1:]) != dataset.image_shape:
-        raise ValueError(f"samples: expected images of shape {dataset.image_shape} like the "
-                         f"{dataset.name} test images, got {tuple(samples.shape[1:])}")
+    check_sample_shape(samples, dataset)
     net = load_or_train_lenet(dataset, cache_dir, settings, device).model
     stats_samples = feature_statistics(lenet_features(net, samples, device=device))
     stats_test = feature_statistics(lenet_features(net, dataset.x_test.cpu(), device=device))

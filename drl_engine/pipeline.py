@@ -18,7 +18,9 @@ Output layout (the service stores the same files under its artifact keys):
                       validation and its control's, sampling summary)
 
 Every kind that samples adds the FD-LeNet of samples.png's images against the test images
-(`fd_lenet`; needs labels); VDM kinds add the test-set bits/dim and each ELBO term
+(`fd_lenet`; needs labels), with its 95% bootstrap interval, the real-vs-real floor (as many
+training images against the test images) and `smoke` below 1,000 samples (fd_interval.py);
+VDM kinds add the test-set bits/dim and each ELBO term
 (`bits_per_dim`). drl and vdrl measure the code-usage diagnostic (code_usage.py) at every
 checkpoint and at the end; metrics.json's `code_usage` is the final one.
 `vdm_vae`: samples.png from z ~ N(0, I), plus reconstructions.png (test images over their
@@ -47,7 +49,8 @@ from .code_usage_table import write_code_usage_csv
 from .datasets import ImageDataset, load_dataset
 from .device import resolve_device
 from .encode import Encodings, embedding_filename, encode_at
-from .fd_lenet import FD_LENET, classifier_labels, fd_lenet, reconstruction_agreement
+from .fd_interval import RELIABLE_SAMPLES, describe_fd, fd_lenet_result
+from .fd_lenet import FD_LENET, classifier_labels, reconstruction_agreement
 from .generate import Generation, generate, generate_interpolations
 from .plots import plot_code_usage, plot_probe_curves, save_captioned_grid, save_image_grid
 from .probes import ProbeTable, chance_accuracy, probe_sweep
@@ -203,11 +206,6 @@ def describe_bits_per_dim(bits: dict) -> str:
             "reconstruction {reconstruction:.4f} + kl {kl:.4f}".format(**bits))
 
 
-# Below this many samples the FD-LeNet estimate is visibly biased upward (84-d features):
-# such numbers are comparable only with others drawn at the same count.
-FD_RELIABLE_SAMPLES = 1000
-
-
 def fd_lenet_skip_reason(dataset: ImageDataset, images: torch.Tensor) -> str | None:
     """Why FD-LeNet cannot be computed for the drawn `images` (None: it can). LeNet is a
     classifier; both feature sets need >= 2 images for a covariance; a diverged sampler's
@@ -224,14 +222,20 @@ def fd_lenet_skip_reason(dataset: ImageDataset, images: torch.Tensor) -> str | N
 
 
 def fd_lenet_report(gen: Generation, ds: ImageDataset, device) -> dict:
-    """FD-LeNet of the generated images against the test split, with the sample count and steps."""
-    n = len(gen.images)
-    report = {"value": fd_lenet(gen.images, ds, device=device), "samples": n,
-              "steps": gen.result.steps, "name": FD_LENET, "reference": "test"}
-    if n < FD_RELIABLE_SAMPLES:
-        report["note"] = (f"only {n} samples (< {FD_RELIABLE_SAMPLES}): biased upward, comparable "
-                          "only with FD-LeNet at the same sample count")
+    """FD-LeNet of the generated images against the test split (`fd_lenet_result`: the value,
+    its bootstrap interval, the real-vs-real floor of as many training images, `smoke` below
+    RELIABLE_SAMPLES), with the sample count and steps: metrics.json's and a sample job's."""
+    result = fd_lenet_result(gen.images, ds, device=device)
+    report = {**result.to_dict(), "steps": gen.result.steps, "name": FD_LENET, "reference": "test"}
+    if result.smoke:
+        report["note"] = (f"only {result.n_samples} samples (< {RELIABLE_SAMPLES}): a smoke run, "
+                          "biased upward, comparable only with FD-LeNet at the same sample count")
     return report
+
+
+def describe_fd_lenet_report(report: dict) -> str:
+    """The log line of `fd_lenet_report`: count, steps, value, interval, floor, smoke."""
+    return f"{FD_LENET} of {report['samples']} samples ({report['steps']} steps): {describe_fd(report)}"
 
 
 def sampler_name(kind: str, sample_spec: SampleSpec) -> str:
@@ -425,7 +429,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: Path, *,
             start = time.perf_counter()
             fd = fd_lenet_report(gen, ds, device)
             timings["fd_lenet_s"] = time.perf_counter() - start
-            log(f"{FD_LENET} of {fd['samples']} samples ({fd['steps']} steps): {fd['value']:.3f}")
+            log(describe_fd_lenet_report(fd))
         agreement = labels.agreement if labels is not None else None
         if agreement is not None:
             log(f"reconstruction agreement: {agreement:.3f} of {len(gen.images)} reconstructions "

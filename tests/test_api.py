@@ -579,6 +579,44 @@ def test_samples_request_and_png(client: TestClient, session: Session, store: Lo
     assert_problem(client.get(f"{url}/abc.png"), 422, "job_id")
 
 
+def test_sample_listing_shows_nfe_seconds_and_the_fd_interval_and_still_lists_old_meta(
+        client: TestClient, session: Session, store: LocalArtifactStore) -> None:
+    experiment_id = submit(client)["id"]
+    url = f"/experiments/{experiment_id}/samples"
+    run_job(session, job_of(session, experiment_id, "train"))
+    old, new = (client.post(url, json={"count": 4}).json()["id"] for _ in range(2))
+    floor = {"value": 1.5, "ci_low": 0.0, "ci_high": 0.4, "samples": 1000,
+             "estimated_bias": 1.2, "split": "train"}
+    fd_new = {"value": 3.25, "ci_low": 1.0, "ci_high": 1.5, "samples": 1000, "estimated_bias": 2.0,
+              "ci_level": 0.95, "resamples": 200, "smoke": False, "floor": floor, "steps": 10,
+              "name": "FD-LeNet", "reference": "test"}
+    # Meta stored before 1f3b9dc and intervals: no nfe, seconds, interval, floor or smoke.
+    fd_old = {"value": 7.5, "samples": 4, "steps": 10, "name": "FD-LeNet", "reference": "test",
+              "note": "only 4 samples (< 1000): biased upward"}
+    for job_id, meta in ((old, {"count": 4, "sampler": "pc", "steps": 10, "code_source": "encoded",
+                                "fd_lenet": fd_old}),
+                         (new, {"count": 1000, "sampler": "pc", "steps": 10, "nfe": 20,
+                                "seconds": 12.5, "code_source": "encoded", "fd_lenet": fd_new})):
+        run_job(session, session.get(Job, job_id))
+        put_artifact(session, store, experiment_id, "sample", sample_key(experiment_id, job_id),
+                     b"png", job_id=job_id, **meta)
+
+    response = client.get(url)
+    assert response.status_code == 200, response.text
+    listed = {s["job_id"]: s for s in response.json()}
+    assert (listed[new]["nfe"], listed[new]["seconds"]) == (20, 12.5)
+    fd = listed[new]["fd_lenet"]
+    assert (fd["value"], fd["ci_low"], fd["ci_high"], fd["ci_level"], fd["estimated_bias"]) == (
+        3.25, 1.0, 1.5, 0.95, 2.0)
+    assert fd["samples"] == 1000 and fd["smoke"] is False and fd["floor"] == {
+        k: floor[k] for k in ("value", "ci_low", "ci_high", "samples", "split")}
+    assert listed[old]["nfe"] is None and listed[old]["seconds"] is None
+    fd = listed[old]["fd_lenet"]
+    assert (fd["value"], fd["samples"], fd["ci_low"], fd["ci_high"], fd["floor"]) == (
+        7.5, 4, None, None, None)
+    assert fd["smoke"] is True   # its note marked it
+
+
 def test_job_log(client: TestClient, session: Session, store: LocalArtifactStore) -> None:
     experiment_id = submit(client)["id"]
     train = job_of(session, experiment_id, "train")

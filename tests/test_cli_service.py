@@ -154,8 +154,9 @@ def test_serve_submit_status_embeddings_and_clean_stop(served, tmp_path: Path) -
     # The pipeline's sample job, listed with its FD-LeNet, and its PNG downloaded.
     listed = drl("samples", str(experiment_id), "-o", str(tmp_path / "png"), "--url", url, env=env)
     assert listed.returncode == 0, listed.stderr
-    assert re.search(r"^\d+\s+succeeded\s+\d+\s+pc\s+\d+\s+encoded\s+\d+\.\d{3}$", listed.stdout,
-                     re.M), listed.stdout
+    fd = r"\d+\.\d{3} \[\d+\.\d{3}, \d+\.\d{3}\]"   # value [interval]
+    assert re.search(rf"^\d+\s+succeeded\s+\d+\s+pc\s+\d+\s+\d+\s+encoded\s+{fd}\*\s+{fd}$",
+                     listed.stdout, re.M), listed.stdout   # *: a smoke run; then the floor
     pngs = list((tmp_path / "png").glob("sample_*.png"))
     assert len(pngs) == 1 and pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -432,6 +433,27 @@ def test_token_list_never_shows_a_token_and_revoke_refuses_it_at_once(tmp_path: 
         refused = drl("token", "revoke", *args, "--home", str(home), env=env)
         assert refused.returncode == 2 and refused.stdout == ""
         assert refused.stderr.startswith(message) and len(refused.stderr.splitlines()) == 1, refused.stderr
+
+
+def test_samples_table_shows_nfe_the_fd_interval_the_floor_and_smoke_runs() -> None:
+    from drl_cli.client_cmd import format_samples
+    floor = {"value": 1.5, "ci_low": 0.0, "ci_high": 0.4, "samples": 1000, "split": "train"}
+    table = format_samples([
+        {"job_id": 2, "status": "succeeded", "count": 1000, "sampler": "heun", "steps": 18,
+         "nfe": 35, "code_source": "encoded", "fd_lenet": {"value": 3.25, "ci_low": 1.0,
+                                                          "ci_high": 1.5, "smoke": False,
+                                                          "floor": floor}},
+        {"job_id": 1, "status": "succeeded", "count": 4, "sampler": "pc", "steps": 10,
+         "nfe": None, "code_source": "encoded", "fd_lenet": {"value": 7.5, "smoke": True}},
+        {"job_id": 3, "status": "queued", "fd_lenet": None}])
+    lines = table.splitlines()
+    assert lines[0].split() == ["JOB", "STATUS", "COUNT", "SAMPLER", "STEPS", "NFE", "CODES",
+                                "FD-LENET", "REAL", "FLOOR"]
+    assert re.search(r"^2\s+succeeded\s+1000\s+heun\s+18\s+35\s+encoded\s+"
+                     r"3\.250 \[1\.000, 1\.500\]\s+1\.500 \[0\.000, 0\.400\]$", table, re.M), table
+    # Stored before intervals and nfe: the value alone, marked as a smoke run.
+    assert re.search(r"^1\s+succeeded\s+4\s+pc\s+10\s+encoded\s+7\.500\*$", table, re.M), table
+    assert re.search(r"^3\s+queued$", table, re.M), table
 
 
 def test_submit_sends_only_the_fields_the_spec_file_sets(tmp_path: Path) -> None:

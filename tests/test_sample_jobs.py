@@ -175,7 +175,11 @@ def test_sample_job_stores_fd_lenet_and_the_listing_shows_it(client, worker, cel
     assert math.isfinite(fd["value"]) and fd["value"] >= 0, fd
     assert (fd["samples"], fd["steps"], fd["name"], fd["reference"]) == (
         6, meta["steps"], FD_LENET, "test")
-    assert "only 6 samples" in fd["note"]   # far below a reliable count, and it says so
+    assert "only 6 samples" in fd["note"] and fd["smoke"] is True   # far below 1,000: it says so
+    # Its bootstrap interval, and the floor: 6 real training images against the same test split.
+    assert 0.0 <= fd["ci_low"] <= fd["ci_high"] and fd["ci_level"] == 0.95
+    assert fd["floor"]["samples"] == 6 and fd["floor"]["split"] == "train"
+    assert 0.0 <= fd["floor"]["ci_low"] <= fd["floor"]["ci_high"]
     # pc with one corrector step: two network evaluations per step, and the sampler's seconds
     assert meta["nfe"] == 2 * meta["steps"] and meta["seconds"] > 0
     assert any(line.startswith(f"{FD_LENET} of 6 samples") for line in job.log_tail), job.log_tail
@@ -192,6 +196,10 @@ def test_sample_job_stores_fd_lenet_and_the_listing_shows_it(client, worker, cel
     assert (newest["count"], newest["sampler"], newest["steps"], newest["code_source"]) == (
         6, "pc", meta["steps"], "encoded")
     assert newest["fd_lenet"]["value"] == pytest.approx(fd["value"]) and newest["fd_lenet"]["samples"] == 6
+    assert (newest["fd_lenet"]["ci_low"], newest["fd_lenet"]["ci_high"]) == pytest.approx(
+        (fd["ci_low"], fd["ci_high"]))
+    assert newest["fd_lenet"]["smoke"] is True and newest["fd_lenet"]["floor"]["samples"] == 6
+    assert (newest["nfe"], newest["seconds"]) == (meta["nfe"], pytest.approx(meta["seconds"]))
     # Encoded codes: the share of the 6 reconstructions labelled as their source's class.
     agreement = meta["reconstruction_agreement"]
     assert 0.0 <= agreement <= 1.0 and round(agreement * 6, 9) == round(agreement * 6)

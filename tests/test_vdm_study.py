@@ -48,7 +48,12 @@ def test_drl_run_reports_fd_lenet_of_the_generated_samples(tmp_path, kind):
     assert fd["name"] == FD_LENET and fd["samples"] == 6 and fd["steps"] == 3
     assert math.isfinite(fd["value"]) and fd["value"] >= 0.0
     # Six samples are far too few for a stable estimate, and metrics.json says so.
-    assert "only 6 samples" in fd["note"]
+    assert "only 6 samples" in fd["note"] and fd["smoke"] is True
+    # Beside the value: its bootstrap interval and the floor of 6 real training images.
+    assert 0.0 <= fd["ci_low"] <= fd["ci_high"] and fd["ci_level"] == 0.95
+    floor = fd["floor"]
+    assert floor["samples"] == 6 and floor["split"] == "train" and floor["value"] >= 0.0
+    assert 0.0 <= floor["ci_low"] <= floor["ci_high"]
     # The number is of samples.png's images: the same count and steps as the sample summary.
     assert (metrics["sample"]["count"], metrics["sample"]["steps"]) == (6, 3)
     if kind == "vdm_vae":
@@ -98,7 +103,9 @@ def test_tiny_study_writes_the_report_with_consistent_numbers(tmp_path):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[:2] == [str(row.width), row.cell.label]
         assert float(cells[5]) == pytest.approx(row.bits["total"], abs=1e-4)
-        assert float(cells[11]) == pytest.approx(row.fd["value"], abs=1e-3)
+        value, interval = cells[11].split(" ", 1)   # "value [ci_low, ci_high]"
+        assert float(value) == pytest.approx(row.fd["value"], abs=1e-3)
+        assert interval == f"[{row.fd['ci_low']:.3f}, {row.fd['ci_high']:.3f}]"
     # The free-bits cell trained with free bits and is reported as such, against its width's ELBO VAE.
     assert "vdm_vae (free bits 0.5)" in report and "not* on the ELBO" in report
     # The runs' checkpoints stay out of the report folder.

@@ -14,7 +14,8 @@ interpolations.png), else the samples alone.
 
 The artifact's meta reports what `drl run` reports of its samples: count, sampler, steps,
 network evaluations per sample (nfe), the sampler's wall time (seconds), code source, and
-`fd_lenet` (`fd_lenet_report`: the FD-LeNet of the drawn images against the test split) when
+`fd_lenet` (`fd_lenet_report`: the FD-LeNet of the drawn images against the test split, its
+95% bootstrap interval, the real-vs-real floor and `smoke` below 1,000 samples) when
 the dataset has labels to train LeNet on and there are >= 2 images to compare. The LeNet is
 cached per dataset under $DRL_HOME/cache (fd_lenet's default, the same folder `drl run`
 uses), so only a dataset's first sample job trains it.
@@ -28,9 +29,9 @@ from drl_core.artifact_keys import ArtifactKind, sample_key
 from drl_engine.datasets import ImageDataset
 from drl_engine.fd_lenet import FD_LENET
 from drl_engine.generate import Generation, generate
-from drl_engine.pipeline import (ReconstructionLabels, fd_lenet_report, fd_lenet_skip_reason,
-                                 reconstruction_labels, sampler_name, save_generation,
-                                 save_interpolations)
+from drl_engine.pipeline import (ReconstructionLabels, describe_fd_lenet_report, fd_lenet_report,
+                                 fd_lenet_skip_reason, reconstruction_labels, sampler_name,
+                                 save_generation, save_interpolations)
 from drl_engine.spec import SampleSpec, generation_sample_spec, has_encoder
 from worker.context import JobContext
 from worker.jobs.common import job_dataset, job_device, load_trained_model
@@ -95,6 +96,5 @@ def sample_quality(ctx: JobContext, generation: Generation, dataset: ImageDatase
         ctx.log(f"{FD_LENET} skipped: {reason}")
         return None
     report = fd_lenet_report(generation, dataset, device)
-    ctx.log(f"{FD_LENET} of {report['samples']} samples ({report['steps']} steps): "
-            f"{report['value']:.3f}")
+    ctx.log(describe_fd_lenet_report(report))
     return report
