@@ -1,5 +1,6 @@
 """`drl submit`, `drl status`, `drl watch`, `drl logs`, `drl cancel`, `drl resume`,
-`drl delete`, `drl embeddings`, `drl samples`: the HTTP client side of the service.
+`drl delete`, `drl embeddings`, `drl samples`: the service from the command line, through
+the Python client (drl/client.py: one HTTP layer for both, with its retries).
 
 The server is `--url`, else $DRL_API_URL, else http://127.0.0.1:8000; the token is `--token`,
 else $DRL_TOKEN. A server error is printed as its problem's detail on one line; the exit
@@ -9,105 +10,42 @@ code is 2 for a 4xx (the request was wrong) and 1 for a 5xx or an unreachable se
 from __future__ import annotations
 
 import argparse
-import io
-import os
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import httpx
+from drl.client import FINISHED, Client
+from drl.connection import DEFAULT_URL
+from drl.errors import ClientError, DrlError
 
 from .errors import EXIT_FAILED, EXIT_USAGE, CLIError
 from .tables import format_table
 
-if TYPE_CHECKING:
-    from drl_engine.spec import ExperimentSpec
-
-DEFAULT_URL = "http://127.0.0.1:8000"
-TIMEOUT_S = 30.0
-NPY_PAGE_ROWS = 10_000  # the server's largest page (api/routers/embeddings.py MAX_PAGE_ROWS)
-# How often `drl logs -f` asks again for a job that is not running (queued, or retrying), and
-# `drl watch` reads the experiment.
-FOLLOW_RETRY_S = 1.0
+# How often `drl watch` reads the experiment.
 WATCH_POLL_S = 1.0
-# The statuses of a job or an experiment that has finished (drl_core.job_states.TERMINAL,
-# spelled out: the client commands import nothing of the service).
-FINISHED = ("succeeded", "failed", "cancelled")
 
 
-class ApiClient:
-    """Calls the drl server; every failure becomes a one-line CLIError."""
-
-    def __init__(self, url: str, token: str | None = None, timeout: float = TIMEOUT_S) -> None:
-        self.url = url.rstrip("/")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
-
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return self._checked(self._send(method, path, **kwargs))
-
-    def request_if_found(self, method: str, path: str, **kwargs: Any) -> httpx.Response | None:
-        """`request`, but None for a 404 (something that may not exist)."""
-        response = self._send(method, path, **kwargs)
-        return None if response.status_code == 404 else self._checked(response)
-
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            return self._http.request(method, path, **kwargs)
-        except httpx.TransportError as err:
-            raise CLIError(f"cannot reach the drl server at {self.url} ({_reason(err)})",
-                           EXIT_FAILED) from None
-
-    @staticmethod
-    def _checked(response: httpx.Response) -> httpx.Response:
-        if response.is_error:
-            raise CLIError(problem_detail(response),
-                           EXIT_USAGE if response.status_code < 500 else EXIT_FAILED)
-        return response
-
-    def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self.request(method, path, **kwargs).json()
-
-    @contextmanager
-    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
-        """A response whose body is read as it comes (no read timeout: a followed log may be
-        quiet for long); an error status is a CLIError as for `request`."""
-        timeout = httpx.Timeout(self._http.timeout.connect, read=None)
-        try:
-            with self._http.stream(method, path, timeout=timeout, **kwargs) as response:
-                if response.is_error:
-                    response.read()
-                yield self._checked(response)
-        except httpx.TransportError as err:
-            raise CLIError(f"lost the drl server at {self.url} ({_reason(err)})",
-                           EXIT_FAILED) from None
-
-    def close(self) -> None:
-        self._http.close()
-
-
-def _reason(err: httpx.TransportError) -> str:
-    if isinstance(err, httpx.ConnectError):
-        return "connection refused" if "refused" in str(err).lower() else str(err) or "cannot connect"
-    if isinstance(err, httpx.TimeoutException):
-        return "timed out"
-    return str(err) or type(err).__name__
-
-
-def problem_detail(response: httpx.Response) -> str:
-    """One line: the problem's detail (RFC 9457), else the status and the start of the body."""
+@contextmanager
+def connected(args: argparse.Namespace) -> Iterator[Client]:
+    """A Client on --url and --token (else $DRL_API_URL and $DRL_TOKEN), closed after the
+    block; a failure in the block becomes a one-line CLIError: 2 for a 4xx, 1 for a 5xx or
+    an unreachable server."""
+    client = Client(args.url, args.token)
     try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and body.get("detail"):
-        text = str(body["detail"])
-    else:
-        text = f"{response.status_code} {response.reason_phrase}: {response.text[:200]}"
-    return f"server answered {response.status_code}: " + " ".join(text.split())
+        yield client
+    except DrlError as err:
+        raise CLIError(cli_message(err), EXIT_USAGE if isinstance(err, ClientError)
+                       else EXIT_FAILED) from None
+    finally:
+        client.close()
+
+
+def cli_message(err: DrlError) -> str:
+    """'server answered 404: experiment 7 not found', or why there was no answer."""
+    return err.detail if err.status is None else f"server answered {err.status}: {err.detail}"
 
 
 def add_parser(sub) -> None:
@@ -185,105 +123,59 @@ def add_parser(sub) -> None:
     p.set_defaults(func=samples)
 
 
-def client_for(args: argparse.Namespace) -> ApiClient:
-    url = args.url or os.environ.get("DRL_API_URL") or DEFAULT_URL
-    return ApiClient(url, args.token or os.environ.get("DRL_TOKEN") or None)
-
-
 def submit(args: argparse.Namespace) -> int:
     # Validated here first, with the overrides `drl run` takes: the same messages as drl run.
     from .overrides import spec_with_overrides
 
     spec = spec_with_overrides(args.spec, args.overrides, iterations=args.iterations)
-    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
-    client = client_for(args)
-    try:
-        response = client.request("POST", "/experiments", json=submitted_fields(spec),
-                                  headers=headers)
-    finally:
-        client.close()
-    experiment = response.json()
-    if response.status_code == 200:
+    with connected(args) as client:
+        experiment, created = client.create_experiment(spec, idempotency_key=args.idempotency_key)
+    if not created:
         print(f"experiment {experiment['id']} already exists for this idempotency key", file=sys.stderr)
     print(experiment["id"])
     return 0
 
 
-def submitted_fields(spec: ExperimentSpec) -> dict[str, Any]:
-    """What `drl submit` sends: the fields the spec file sets, not every default.
-
-    The server applies its own defaults, so a client and a server of different drl versions
-    agree on every spec whose fields both know; the full dump would carry each field this
-    client knows, and a server without one refuses the whole spec as an unknown field.
-    """
-    return spec.model_dump(mode="json", exclude_unset=True)
-
-
 def status(args: argparse.Namespace) -> int:
-    client = client_for(args)
-    try:
+    with connected(args) as client:
         if args.id is None:
-            page = client.json("GET", "/experiments", params={"limit": args.limit})
+            page = client.experiments(limit=args.limit)
             print(format_experiments(page["items"], page["total"]))
         else:
-            print(format_experiment(client.json("GET", f"/experiments/{args.id}")))
-    finally:
-        client.close()
+            print(format_experiment(client.experiment(args.id)))
     return 0
 
 
 def cancel(args: argparse.Namespace) -> int:
-    return _act(args, "cancel")
+    with connected(args) as client:
+        print(format_experiment(client.cancel(args.id)))
+    return 0
 
 
 def resume(args: argparse.Namespace) -> int:
-    return _act(args, "resume")
-
-
-def _act(args: argparse.Namespace, action: str) -> int:
-    """POST /experiments/ID/<action>, then show the experiment as `drl status ID` does."""
-    client = client_for(args)
-    try:
-        print(format_experiment(client.json("POST", f"/experiments/{args.id}/{action}")))
-    finally:
-        client.close()
+    with connected(args) as client:
+        print(format_experiment(client.resume(args.id)))
     return 0
 
 
 def delete(args: argparse.Namespace) -> int:
-    client = client_for(args)
-    try:
-        client.request("DELETE", f"/experiments/{args.id}")
-    finally:
-        client.close()
+    with connected(args) as client:
+        client.delete(args.id)
     print(f"deleted experiment {args.id}")
     return 0
 
 
 def logs(args: argparse.Namespace) -> int:
-    """GET /jobs/JOB/log; with -f, followed: the server streams while the job runs and ends
-    the stream when it does not (finished, or queued: waiting or retrying), so the stream is
-    asked for again, from the byte reached, until the job has finished."""
-    out = sys.stdout.buffer
-    client = client_for(args)
-    try:
+    """GET /jobs/JOB/log; with -f, followed until the job has finished (across its retries
+    and hand-backs: Client.follow_log)."""
+    with connected(args) as client:
         if not args.follow:
-            out.write(client.request("GET", f"/jobs/{args.job}/log").content)
+            sys.stdout.write(client.log(args.job))
             return 0
-        offset = 0
-        while True:
-            with client.stream("GET", f"/jobs/{args.job}/log",
-                               params={"follow": "true", "offset": offset}) as response:
-                for chunk in response.iter_bytes():
-                    out.write(chunk)
-                    out.flush()
-                    offset += len(chunk)
-            if client.json("GET", f"/jobs/{args.job}")["status"] in FINISHED:
-                return 0
-            time.sleep(FOLLOW_RETRY_S)
-    finally:
-        out.flush()
-        client.close()
+        for text in client.follow_log(args.job):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    return 0
 
 
 def watch(args: argparse.Namespace) -> int:
@@ -291,26 +183,25 @@ def watch(args: argparse.Namespace) -> int:
     the experiment ends."""
     from tqdm import tqdm
 
-    client = client_for(args)
     bar: tqdm | None = None
     shown: int | None = None   # the job the bar is for
-    try:
-        while True:
-            experiment = client.json("GET", f"/experiments/{args.id}")
-            job = current_job(experiment["jobs"])
-            if job is not None and job["id"] != shown:
-                if bar is not None:
-                    bar.close()
-                bar, shown = tqdm(desc=f"{job['kind']} (job {job['id']})", unit="step"), job["id"]
-            if bar is not None and job is not None:
-                update_bar(bar, job)
-            if experiment["status"] in FINISHED:
-                break
-            time.sleep(WATCH_POLL_S)
-    finally:
-        if bar is not None:
-            bar.close()
-        client.close()
+    with connected(args) as client:
+        try:
+            while True:
+                experiment = client.experiment(args.id)
+                job = current_job(experiment["jobs"])
+                if job is not None and job["id"] != shown:
+                    if bar is not None:
+                        bar.close()
+                    bar, shown = tqdm(desc=f"{job['kind']} (job {job['id']})", unit="step"), job["id"]
+                if bar is not None and job is not None:
+                    update_bar(bar, job)
+                if experiment["status"] in FINISHED:
+                    break
+                time.sleep(WATCH_POLL_S)
+        finally:
+            if bar is not None:
+                bar.close()
     if experiment["status"] == "succeeded":
         print(f"experiment {args.id} succeeded")
         return 0
@@ -345,35 +236,17 @@ def update_bar(bar: Any, job: dict[str, Any]) -> None:
 def embeddings(args: argparse.Namespace) -> int:
     import numpy as np
 
-    client = client_for(args)
-    pages: list[np.ndarray] = []
-    offset, total = 0, None
-    try:
-        while total is None or offset < total:
-            response = client.request("GET", "/embeddings", params={
-                "experiment": args.id, "t": args.t, "split": args.split, "offset": offset,
-                "limit": NPY_PAGE_ROWS, "format": "npy"})
-            total = int(response.headers["X-Total-Count"])
-            page = np.load(io.BytesIO(response.content), allow_pickle=False)
-            if len(page) == 0:
-                break
-            pages.append(page)
-            offset += len(page)
-        # 404: a dataset without labels (or a server older than the labels endpoint).
-        labels = client.request_if_found("GET", "/embeddings/labels",
-                                         params={"experiment": args.id, "split": args.split})
-    finally:
-        client.close()
-    array = np.concatenate(pages) if pages else np.zeros((0, 0), np.float32)
+    with connected(args) as client:
+        codes, labels = client.embeddings(args.id, args.t, split=args.split)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(args.out, array)
-    print(f"wrote {args.out}: {array.shape[0]} x {array.shape[1] if array.ndim == 2 else 0} "
+    np.save(args.out, codes)
+    print(f"wrote {args.out}: {codes.shape[0]} x {codes.shape[1] if codes.ndim == 2 else 0} "
           f"({args.split} split, t={args.t:g})")
     if labels is None:
         print(f"no labels for experiment {args.id}'s {args.split} split", file=sys.stderr)
     else:
         path = labels_path(args.out)
-        path.write_bytes(labels.content)
+        np.save(path, labels)
         print(f"wrote {path}: the class of each row")
     return 0
 
@@ -385,19 +258,16 @@ def labels_path(out: Path) -> Path:
 
 
 def samples(args: argparse.Namespace) -> int:
-    client = client_for(args)
-    try:
-        items = client.json("GET", f"/experiments/{args.id}/samples")
+    with connected(args) as client:
+        items = client.samples(args.id)
         print(format_samples(items))
         if args.out is not None:
             args.out.mkdir(parents=True, exist_ok=True)
             for item in items:
                 if item.get("url"):
                     path = args.out / f"sample_{item['job_id']}.png"
-                    path.write_bytes(client.request("GET", item["url"]).content)
+                    path.write_bytes(client.sample_png(args.id, item["job_id"]))
                     print(f"wrote {path}")
-    finally:
-        client.close()
     return 0
 
 

@@ -337,7 +337,7 @@ def test_oversubscription_warning_when_others_load_plus_threads_exceed_the_cores
 def test_submit_overrides_are_drl_runs(tmp_path):
     """drl submit takes --set and --iterations (the same function as drl run) and sends only
     what the file and the command line set, not every default."""
-    from drl_cli.client_cmd import submitted_fields
+    from drl.client import submitted_fields
     from drl_cli.overrides import spec_with_overrides
 
     spec_file = write_spec(tmp_path / "spec.yaml", dataset={"name": "digits"})

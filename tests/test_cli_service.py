@@ -458,7 +458,7 @@ def test_samples_table_shows_nfe_the_fd_interval_the_floor_and_smoke_runs() -> N
 
 def test_submit_sends_only_the_fields_the_spec_file_sets(tmp_path: Path) -> None:
     """So that a client newer than the server (knowing more spec fields) can still submit."""
-    from drl_cli.client_cmd import submitted_fields
+    from drl.client import submitted_fields
     from drl_engine.spec import load_spec, parse_spec
 
     spec_file = tmp_path / "tiny.yaml"
