@@ -100,6 +100,7 @@
         chartOptions(chart, figure.clientWidth || 800),
         [chart.x].concat(chart.series.map(function (s) { return s.values; })), figure);
       figure.dataset.drawn = "true";
+      figure.plot = plot;   // the uPlot instance (its .data), for the console and the browser tests
       drawn.push({ figure: figure, plot: plot });
     });
   }
