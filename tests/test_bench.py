@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +44,23 @@ def test_api_bench_burst_quick_against_postgres():
     assert figures["experiments_created_by_the_key"] == 1
     assert sum(figures["statuses"].values()) == 30 and figures["statuses"].get("201") == 1
     assert figures["all"]["p99_ms"] >= figures["all"]["p50_ms"] > 0
+
+
+def test_dashboard_bench_quick_against_postgres(request):
+    """The dashboard bench's smoke run (30 experiments, a run of 600 points per key, 5
+    requests per page, PostgreSQL): every page timed, the seed as asked. Its real run's
+    sample job finds the digits FD-LeNet classifier under $DRL_HOME/cache: kept in pytest's
+    cache folder between runs (training it takes half a minute here)."""
+    cache = getattr(request.config, "cache", None)
+    env = os.environ | ({"DRL_HOME": str(cache.mkdir("drl-home"))} if cache else {})
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "dashboard.py"), "--quick"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    figures = json.loads(proc.stdout)
+    assert figures["experiments"] == 30 and sum(figures["states"].values()) == 29
+    points = figures["run_page_metric_points"]
+    assert points["per_key"] == 600 and "loss" in points["keys"]
+    assert points["rows"] >= 600 * len(points["keys"])
+    for name in ("healthz", "runs_page", "runs_fragment", "run_page", "run_fragment"):
+        assert figures[name]["requests"] == 5 and figures[name]["p99_ms"] >= figures[name]["p50_ms"] > 0
+    assert figures["runs_page"]["x_healthz_p50"] > 0 and figures["healthz"]["x_healthz_p50"] == 1

@@ -102,15 +102,16 @@ def drl_serve_with_auth(home: Path, data_dir: Path, log_path: Path) -> Iterator[
 
 @contextmanager
 def fd_lenet_classifiers_kept(request: pytest.FixtureRequest, home: Path) -> Iterator[None]:
-    """The digits FD-LeNet classifier the sample job needs, kept between runs of this test in
-    pytest's cache folder (when the cache plugin is on): a fresh --home would train it again,
-    half a minute of this machine. Its file name hashes its settings and training data, so a
-    stale one is never picked."""
+    """The digits FD-LeNet classifier the sample job needs, kept between runs in pytest's
+    cache folder (when the cache plugin is on), where tests/test_bench.py's dashboard bench
+    keeps it too: a fresh --home would train it again, half a minute of this machine. Its
+    file name hashes its settings and training data, so a stale one is never picked."""
     cache = getattr(request.config, "cache", None)
     if cache is None:
         yield
         return
-    kept, used = cache.mkdir("drl-fd-lenet"), home / "cache" / "fd_lenet"
+    kept, used = cache.mkdir("drl-home") / "cache" / "fd_lenet", home / "cache" / "fd_lenet"
+    kept.mkdir(parents=True, exist_ok=True)
     used.mkdir(parents=True, exist_ok=True)
     for classifier in kept.glob("*.pt"):
         shutil.copy2(classifier, used / classifier.name)
