@@ -9,7 +9,8 @@ With `settings.auth_enabled` every endpoint but /healthz and /readyz needs
 `Authorization: Bearer <token>`; otherwise requests run as nobody (owner None).
 Reads are open to the whole team; every write on an experiment (cancel, resume, delete,
 new sample or encoding jobs) is its owner's or an admin's (`require_owner`; a user is made an
-admin by `drl token create NAME --admin`). A revoked token is refused from the next request
+admin by `drl token create NAME --admin`), and only an admin may submit one at priority
+`high` (`require_priority_allowed`). A revoked token is refused from the next request
 on: every request looks its token up, nothing caches it.
 """
 
@@ -25,6 +26,7 @@ from sqlalchemy.orm import Session, contains_eager
 from api.problems import FORBIDDEN, UNAUTHORIZED, Problem
 from drl_core.job_states import utc_now
 from drl_core.models import ApiToken, Experiment, User
+from drl_core.priority import ADMIN_ONLY, Priority
 
 TOKEN_PREFIX = "drl_"
 SHOWN_PREFIX_CHARS = 12  # stored in clear so a user can tell their tokens apart
@@ -144,3 +146,13 @@ def require_owner(user: User | None, experiment: Experiment, action: str) -> Non
     raise Problem(403, f"only the owner of experiment {experiment.id} ({owner}) or an admin may "
                        f"{action} it; you are {user.name}",
                   type=FORBIDDEN, title="Forbidden", experiment=experiment.id, owner=owner)
+
+
+def require_priority_allowed(user: User | None, priority: Priority) -> None:
+    """403 unless `user` may give an experiment `priority`: the admin-only ones (`high`)
+    are an admin's; with auth off (user None) anyone's."""
+    if user is None or user.is_admin or priority not in ADMIN_ONLY:
+        return
+    raise Problem(403, f"only an admin may submit an experiment at priority {priority}; you are "
+                       f"{user.name} (low and normal are everyone's)",
+                  type=FORBIDDEN, title="Forbidden", priority=priority.value)

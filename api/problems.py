@@ -35,6 +35,7 @@ from starlette.routing import Match
 
 from api.db_sessions import DatabaseBusy
 from drl_core.artifacts import ArtifactStoreError
+from drl_core.job_limits import LimitExceeded
 from drl_engine.spec import SpecError, merged_list_errors, more_entries, shown_value
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -62,6 +63,7 @@ CONFLICT = problem_type("conflict")                # 409: idempotency key reused
 NOT_READY = problem_type("not-ready")              # 409: a result its job has not produced yet
 NO_ENCODER = problem_type("no-encoder")            # 422: the model kind has no code (vdm)
 NO_CODE_SCORE = problem_type("no-code-conditioned-score")  # 422: its score takes no code (not drl/vdrl)
+LIMIT_EXCEEDED = problem_type("limit-exceeded")    # 429: a per-user limit (a setting) would be passed
 UNAVAILABLE = problem_type("service-unavailable")  # 503: database, broker or store down
 BUSY = problem_type("busy")                        # 503: every database session in use
 INTERNAL = problem_type("internal-error")          # 500: a bug; details only in the server log
@@ -89,6 +91,13 @@ class Problem(Exception):
 
 def not_found(detail: str, **extra: Any) -> Problem:
     return Problem(404, detail, type=NOT_FOUND, title="Not found", **extra)
+
+
+def limit_problem(err: LimitExceeded) -> Problem:
+    """A request that would take its user past a limit of the service (drl_core/job_limits.py):
+    429, naming the limit, its value, what the user has and what the request asked for."""
+    return Problem(429, str(err), type=LIMIT_EXCEEDED, title="Limit exceeded", limit=err.limit,
+                   limit_value=err.value, queued=err.current, requested=err.adding)
 
 
 def field_error(field: str, message: str) -> dict[str, str]:

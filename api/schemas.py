@@ -12,6 +12,8 @@ from pydantic.fields import FieldInfo
 
 from drl_core.job_states import JobStatus, experiment_status, failed_job
 from drl_core.models import Experiment, Job
+from drl_core.priority import Priority
+from drl_core.queue_forecast import QueuePlace
 from drl_engine.code_usage_table import CodeUsage
 from drl_engine.spec import EncoderWeights, ExperimentSpec, SampleSpec
 
@@ -161,6 +163,8 @@ class ExperimentBrief(BaseModel):
     name: str
     status: str = Field(description="derived from the jobs' statuses, never stored")
     owner: str | None
+    priority: Priority = Field(description="orders its jobs among its owner's own when the "
+                                           "owner's turn comes (GET /queue)")
     created_at: datetime
     failed_step: str | None = Field(description="kind of the first failed job, if any")
     error: str | None
@@ -216,6 +220,7 @@ def experiment_fields(experiment: Experiment) -> dict[str, Any]:
         "id": experiment.id, "name": experiment.name,
         "status": experiment_status(jobs).value,
         "owner": experiment.owner.name if experiment.owner else None,
+        "priority": experiment.priority,
         "created_at": experiment.created_at,
         "failed_step": failed.kind if failed else None,
         "error": getattr(failed, "error", None),
@@ -228,6 +233,42 @@ class ExperimentPage(BaseModel):
     total: int = Field(description="experiments matching the filter, over all pages")
     offset: int
     limit: int
+
+
+# --- the queue -------------------------------------------------------------------------
+
+
+class QueuedJobOut(BaseModel):
+    position: int = Field(description="its place on its queue: 1 starts next")
+    queue: str
+    job_id: int
+    kind: str
+    experiment_id: int
+    experiment_name: str
+    owner: str | None
+    priority: Priority
+    created_at: datetime
+    ready: bool = Field(description="may start as soon as its turn comes and a worker is free; "
+                                    "false: it waits for its upstream step (depends_on_id) or "
+                                    "its retry time")
+    depends_on_id: int | None
+    estimated_start: datetime | None = Field(
+        description="when it should start, by the simulation GET /queue describes; null: it "
+                    "will not start (its upstream step failed or was cancelled)")
+
+    @classmethod
+    def from_place(cls, place: QueuePlace) -> QueuedJobOut:
+        job = place.job
+        return cls(position=place.position, queue=job.queue, job_id=job.job_id, kind=job.kind,
+                   experiment_id=job.experiment_id, experiment_name=job.experiment_name,
+                   owner=job.owner, priority=Priority(job.priority), created_at=job.created_at,
+                   ready=place.ready, depends_on_id=job.depends_on_id,
+                   estimated_start=place.estimated_start)
+
+
+class QueueOut(BaseModel):
+    generated_at: datetime = Field(description="the moment the estimates start from")
+    items: list[QueuedJobOut] = Field(description="by queue (gpu, then cpu), then position")
 
 
 # --- results -----------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from .connection import TIMEOUT_S, Connection, RetryPolicy
 from .errors import NotFound, Unreachable
 from .resources import (CodeUsage, Embeddings, Experiment, ExperimentPage, Health, Job, JobDetail,
-                        MetricSeries, Probes, Sample)
+                        MetricSeries, Probes, QueuePage, Sample)
 
 if TYPE_CHECKING:
     import httpx
@@ -103,19 +103,24 @@ class Client:
     # --- experiments ----------------------------------------------------------------------
 
     def submit(self, spec: Mapping[str, Any] | str | Path | Any, *,
-               idempotency_key: str | None = None) -> Experiment:
+               idempotency_key: str | None = None, priority: str | None = None) -> Experiment:
         """POST /experiments: queue the experiment `spec` describes (a dict, a YAML or JSON
-        file, or an ExperimentSpec); its training starts when a worker is free. With an
-        `idempotency_key`, a retry returns the experiment the first call created."""
-        return self.create_experiment(spec, idempotency_key=idempotency_key)[0]
+        file, or an ExperimentSpec); its training starts when its owner's turn comes and a
+        worker is free (`queue()`). With an `idempotency_key`, a retry returns the experiment
+        the first call created. `priority` (low, normal, high: admins only) orders it among
+        your own jobs. RateLimited past your limit of queued jobs."""
+        return self.create_experiment(spec, idempotency_key=idempotency_key,
+                                      priority=priority)[0]
 
     def create_experiment(self, spec: Mapping[str, Any] | str | Path | Any, *,
-                          idempotency_key: str | None = None) -> tuple[Experiment, bool]:
+                          idempotency_key: str | None = None,
+                          priority: str | None = None) -> tuple[Experiment, bool]:
         """`submit`, also saying whether this call created it (False: an earlier call with
         the same idempotency key did)."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        params = {"priority": priority} if priority else {}
         response = self.connection.request("POST", "/experiments", json=submitted_fields(spec),
-                                           headers=headers)
+                                           headers=headers, params=params)
         return response.json(), response.status_code == 201
 
     def experiments(self, *, limit: int = 50, offset: int = 0,
@@ -155,6 +160,14 @@ class Client:
                                    f"after {timeout_s:g} s")
             time.sleep(poll_s)
         return experiment
+
+    # --- the queue ------------------------------------------------------------------------
+
+    def queue(self, queue: str | None = None) -> QueuePage:
+        """GET /queue: the queued jobs in the order they will run (owners take turns, then
+        priority, then age), each with its position on its queue and an estimated start;
+        only `queue`'s (gpu, cpu) if given."""
+        return self._json("GET", "/queue", params={"queue": queue} if queue else {})
 
     # --- jobs -----------------------------------------------------------------------------
 

@@ -58,6 +58,7 @@ class ExperimentBrief(TypedDict):
     name: str
     status: str
     owner: str | None
+    priority: str        # low, normal, high
     created_at: str
     failed_step: str | None
     error: str | None
@@ -75,6 +76,26 @@ class ExperimentPage(TypedDict):
     total: int
     offset: int
     limit: int
+
+
+class QueuedJob(TypedDict):
+    position: int        # on its queue: 1 starts next
+    queue: str           # gpu, cpu
+    job_id: int
+    kind: str
+    experiment_id: int
+    experiment_name: str
+    owner: str | None
+    priority: str
+    created_at: str
+    ready: bool          # false: it waits for its upstream step or its retry time
+    depends_on_id: int | None
+    estimated_start: str | None
+
+
+class QueuePage(TypedDict):
+    generated_at: str
+    items: list[QueuedJob]
 
 
 class Probes(TypedDict):
@@ -136,6 +157,7 @@ class Embeddings(NamedTuple):
 SCHEMAS: dict[str, type] = {
     "HealthOut": Health, "JobProgress": JobProgress, "JobOut": Job, "JobDetail": JobDetail,
     "ExperimentBrief": ExperimentBrief, "ExperimentOut": Experiment,
-    "ExperimentPage": ExperimentPage, "ProbesOut": Probes, "CodeUsageOut": CodeUsage,
+    "ExperimentPage": ExperimentPage, "QueuedJobOut": QueuedJob, "QueueOut": QueuePage,
+    "ProbesOut": Probes, "CodeUsageOut": CodeUsage,
     "MetricPointOut": MetricPoint, "MetricSeries": MetricSeries, "SampleOut": Sample,
 }

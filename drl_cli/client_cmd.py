@@ -1,5 +1,5 @@
-"""`drl submit`, `drl status`, `drl watch`, `drl logs`, `drl cancel`, `drl resume`,
-`drl delete`, `drl embeddings`, `drl samples`: the service from the command line, through
+"""`drl submit`, `drl status`, `drl queue`, `drl watch`, `drl logs`, `drl cancel`,
+`drl resume`, `drl delete`, `drl embeddings`, `drl samples`: the service from the command line, through
 the Python client (drl/client.py: one HTTP layer for both, with its retries).
 
 The server is `--url`, else $DRL_API_URL, else http://127.0.0.1:8000; the token is `--token`,
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from datetime import datetime
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,12 +63,22 @@ def add_parser(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec field, e.g. --set model.base_channels=16 (repeatable)")
     p.add_argument("--idempotency-key", help="a retry with the same key returns the same experiment")
+    p.add_argument("--priority", choices=["low", "normal", "high"], default=None,
+                   help="orders it among your own queued jobs (default normal; high: admins only)")
     p.set_defaults(func=submit)
 
     p = sub.add_parser("status", parents=[common], help="list experiments, or show one with its jobs")
     p.add_argument("id", nargs="?", type=int, help="experiment id (omit to list the latest)")
     p.add_argument("--limit", type=int, default=20, help="experiments to list (default 20)")
     p.set_defaults(func=status)
+
+    p = sub.add_parser("queue", parents=[common], help="the queued jobs, in the order they will run",
+                       description="Every queued job with its position on its queue and an "
+                                   "estimated start. The order: owners take turns for the "
+                                   "workers; of an owner's jobs, the higher priority, then the "
+                                   "older, first.")
+    p.add_argument("--queue", choices=["gpu", "cpu"], default=None, help="only this queue's jobs")
+    p.set_defaults(func=queue)
 
     p = sub.add_parser("watch", parents=[common],
                        help="a live progress bar of an experiment until it ends",
@@ -129,7 +140,8 @@ def submit(args: argparse.Namespace) -> int:
 
     spec = spec_with_overrides(args.spec, args.overrides, iterations=args.iterations)
     with connected(args) as client:
-        experiment, created = client.create_experiment(spec, idempotency_key=args.idempotency_key)
+        experiment, created = client.create_experiment(spec, idempotency_key=args.idempotency_key,
+                                                       priority=args.priority)
     if not created:
         print(f"experiment {experiment['id']} already exists for this idempotency key", file=sys.stderr)
     print(experiment["id"])
@@ -257,6 +269,12 @@ def labels_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}_labels.npy")
 
 
+def queue(args: argparse.Namespace) -> int:
+    with connected(args) as client:
+        print(format_queue(client.queue(args.queue)))
+    return 0
+
+
 def samples(args: argparse.Namespace) -> int:
     with connected(args) as client:
         items = client.samples(args.id)
@@ -292,6 +310,28 @@ def format_experiments(items: list[dict[str, Any]], total: int) -> str:
                      e["created_at"][:19].replace("T", " ")])
     shown = f"{len(items)} of {total} experiments"
     return format_table(["ID", "NAME", "STATUS", "TRAIN", "CREATED"], rows) + f"\n({shown})"
+
+
+def format_queue(page: dict[str, Any]) -> str:
+    """One row per queued job: its queue and position, the job, whose, and when it should
+    start (in minutes from the server's now; "waits" for a job that waits for its upstream
+    step or retry time, "never" for one whose upstream step failed)."""
+    now = datetime.fromisoformat(page["generated_at"].replace("Z", "+00:00"))
+    rows = []
+    for item in page["items"]:
+        start = item.get("estimated_start")
+        if start is None:
+            when = "never"
+        else:
+            minutes = (datetime.fromisoformat(start.replace("Z", "+00:00")) - now).total_seconds() / 60
+            when = "now" if minutes < 0.5 else f"in {minutes:.0f} min"
+            when += "" if item["ready"] else " (waits)"
+        rows.append([item["queue"], str(item["position"]), str(item["job_id"]), item["kind"],
+                     str(item["experiment_id"]), item.get("owner") or "-", item["priority"], when])
+    return (format_table(["QUEUE", "POS", "JOB", "KIND", "EXPERIMENT", "OWNER", "PRIORITY",
+                          "STARTS"], rows)
+            + f"\n({len(rows)} queued jobs; starts are estimates: running jobs end as their "
+              "progress says, queued ones take the median time of their kind)")
 
 
 def format_experiment(e: dict[str, Any]) -> str:

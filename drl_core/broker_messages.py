@@ -1,9 +1,13 @@
-"""Which jobs have a "run job N" message in the broker right now.
+"""Which jobs have a "run job N" message in the broker right now, and in which queue.
 
 The reaper compares this with the database (worker/reaper.py, `resend_stranded_jobs`): a
 ready queued job whose message is in neither the queue nor a worker's hands was lost by the
 broker (a Redis restarted without its data) and must be sent again, while a job waiting
-behind a long backlog has its message and must not get another one every pass.
+behind a long backlog has its message and must not get another one every pass. Since a
+message is a nudge for its queue (drl_core/fair_queue.py: it starts whichever job's turn it
+is), a message still waiting whose own job has started meanwhile will start another job:
+`BrokerMessages.waiting` says which queue each waiting message is in, so that the reaper
+counts those spare nudges.
 
 What counts as "in the broker", per transport of the app's `broker_url`:
 
@@ -30,6 +34,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -48,20 +53,46 @@ class BrokerUnreadable(Exception):
     """The broker could not be read (down, refusing connections, not answering)."""
 
 
-def run_job_ids_in_broker(celery_app: Celery) -> set[int] | None:
-    """The job ids of the `drl.run_job` messages waiting in `celery_app`'s broker or held,
-    unacknowledged, by a worker; None for a transport this module cannot look into.
-    Raises `BrokerUnreadable` when the broker cannot be read."""
+@dataclass(frozen=True)
+class BrokerMessages:
+    """The job ids of the `drl.run_job` messages in a broker: `waiting` in each queue (one
+    entry per message, so a job sent twice is there twice), and `held`, delivered to a
+    worker and not yet acknowledged (reserved, or its task running)."""
+
+    waiting: dict[str, list[int]] = field(default_factory=dict)
+    held: list[int] = field(default_factory=list)
+
+    @property
+    def job_ids(self) -> set[int]:
+        return {i for ids in self.waiting.values() for i in ids} | set(self.held)
+
+
+def read_broker_messages(celery_app: Celery) -> BrokerMessages | None:
+    """The `drl.run_job` messages in `celery_app`'s broker; None for a transport this module
+    cannot look into. Raises `BrokerUnreadable` when the broker cannot be read."""
     broker_url = celery_app.conf.broker_url
     options = celery_app.conf.broker_transport_options or {}
     scheme = urlsplit(broker_url).scheme
     if scheme in ("redis", "rediss"):
-        envelopes = redis_envelopes(broker_url, options.get("global_keyprefix", ""))
+        waiting, held = redis_envelopes(broker_url, options.get("global_keyprefix", ""))
     elif scheme == "filesystem":
-        envelopes = filesystem_envelopes(Path(options["data_folder_in"]))
+        waiting, held = filesystem_envelopes(Path(options["data_folder_in"])), []
     else:
         return None
-    return {job_id for job_id in map(run_job_id, envelopes) if job_id is not None}
+    return BrokerMessages({queue: job_ids(envelopes) for queue, envelopes in waiting.items()},
+                          job_ids(held))
+
+
+def run_job_ids_in_broker(celery_app: Celery) -> set[int] | None:
+    """The job ids of the `drl.run_job` messages waiting in `celery_app`'s broker or held,
+    unacknowledged, by a worker; None for a transport this module cannot look into.
+    Raises `BrokerUnreadable` when the broker cannot be read."""
+    messages = read_broker_messages(celery_app)
+    return None if messages is None else messages.job_ids
+
+
+def job_ids(envelopes: Iterable[Any]) -> list[int]:
+    return [job_id for job_id in map(run_job_id, envelopes) if job_id is not None]
 
 
 def run_job_id(envelope: Any) -> int | None:
@@ -88,16 +119,16 @@ def redis_queue_keys(queue: str) -> list[str]:
             for step in RedisChannel.priority_steps]
 
 
-def redis_envelopes(broker_url: str, key_prefix: str) -> list[Any]:
-    """Every message envelope in the queue lists and the `unacked` hash, read in one
-    transaction. (redis-py directly: kombu's prefixing client leaves LRANGE and HVALS
+def redis_envelopes(broker_url: str, key_prefix: str) -> tuple[dict[str, list[Any]], list[Any]]:
+    """The message envelopes in each queue's lists, and those in the `unacked` hash, read in
+    one transaction. (redis-py directly: kombu's prefixing client leaves LRANGE and HVALS
     unprefixed, so the prefix is added here.)"""
-    list_keys = [key_prefix + key for queue in QUEUES for key in redis_queue_keys(queue)]
+    list_keys = [(queue, key_prefix + key) for queue in QUEUES for key in redis_queue_keys(queue)]
     client = redis.Redis.from_url(broker_url, socket_connect_timeout=REDIS_TIMEOUT_S,
                                   socket_timeout=REDIS_TIMEOUT_S)
     try:
         with client.pipeline(transaction=True) as pipe:
-            for key in list_keys:
+            for _queue, key in list_keys:
                 pipe.lrange(key, 0, -1)
             pipe.hvals(key_prefix + RedisChannel.unacked_key)
             *queued, unacked = pipe.execute()
@@ -105,10 +136,11 @@ def redis_envelopes(broker_url: str, key_prefix: str) -> list[Any]:
         raise BrokerUnreadable(f"{type(error).__name__}: {error}") from error
     finally:
         client.close()
-    envelopes = [parsed for items in queued for parsed in parse_json(items)]
-    envelopes += [entry[0] for entry in parse_json(unacked)
-                  if isinstance(entry, list) and entry]
-    return envelopes
+    waiting: dict[str, list[Any]] = {queue: [] for queue in QUEUES}
+    for (queue, _key), items in zip(list_keys, queued, strict=True):
+        waiting[queue].extend(parse_json(items))
+    held = [entry[0] for entry in parse_json(unacked) if isinstance(entry, list) and entry]
+    return waiting, held
 
 
 def parse_json(items: Iterable[bytes]) -> Iterator[Any]:
@@ -123,14 +155,17 @@ def parse_json(items: Iterable[bytes]) -> Iterator[Any]:
 # --- filesystem --------------------------------------------------------------------------
 
 
-def filesystem_envelopes(folder: Path) -> Iterator[Any]:
-    """The envelopes of the message files of every queue in `folder`. A file that vanishes
-    (a worker took it) or does not parse (still being written: the sender creates, locks,
+def filesystem_envelopes(folder: Path) -> dict[str, list[Any]]:
+    """The envelopes of each queue's message files in `folder`. A file that vanishes (a
+    worker took it) or does not parse (still being written: the sender creates, locks,
     then writes) is left out; such a message is seconds old and its job not yet a
     candidate for re-sending."""
-    for queue in QUEUES:
-        for path in folder.glob(f"*.{queue}.msg"):
-            try:
-                yield json.loads(path.read_bytes())
-            except (OSError, ValueError):
-                continue
+    return {queue: list(_message_files(folder, queue)) for queue in QUEUES}
+
+
+def _message_files(folder: Path, queue: str) -> Iterator[Any]:
+    for path in folder.glob(f"*.{queue}.msg"):
+        try:
+            yield json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            continue

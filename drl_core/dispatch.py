@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from datetime import datetime
 
 import sqlalchemy as sa
 from celery import Celery
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, object_session
+from sqlalchemy.orm import Session, aliased, object_session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from drl_core.job_states import IllegalTransition, JobStatus, StaleTransition, transition, utc_now
@@ -81,6 +82,22 @@ def is_ready(job: Job) -> bool:
     if job.status != JobStatus.QUEUED:
         return False
     return job.depends_on is None or job.depends_on.status == JobStatus.SUCCEEDED
+
+
+def retry_due(now: datetime) -> sa.ColumnElement[bool]:
+    """A job waiting out a transient fault's backoff must not run, nor be sent, before its
+    `retry_at`."""
+    return Job.retry_at.is_(None) | (Job.retry_at <= now)
+
+
+def runnable_now(statement: sa.Select, now: datetime) -> sa.Select:
+    """`statement` (selecting from jobs) narrowed to the jobs a worker may start at `now`:
+    ready (`is_ready`, as SQL: queued, and its dependency, if any, succeeded) and due
+    (`retry_due`)."""
+    upstream = aliased(Job)
+    return (statement.outerjoin(upstream, Job.depends_on_id == upstream.id)
+            .where(Job.status == JobStatus.QUEUED.value, retry_due(now),
+                   Job.depends_on_id.is_(None) | (upstream.status == JobStatus.SUCCEEDED.value)))
 
 
 def direct_dependents(session: Session, job: Job) -> list[Job]:

@@ -29,6 +29,7 @@ from drl_core.artifact_keys import (ArtifactKind, embedding_kind, experiment_pre
                                     metrics_key, t_key)
 from drl_core.artifacts import ArtifactStore
 from drl_core.dispatch import is_ready, send_or_leave_to_reaper
+from drl_core.job_limits import check_queued_limit
 from drl_core.job_states import (
     RESUMABLE,
     IllegalTransition,
@@ -40,6 +41,7 @@ from drl_core.job_states import (
     transition,
 )
 from drl_core.models import Artifact, Experiment, Job
+from drl_core.priority import Priority
 from drl_core.queue import QUEUE_FOR_KIND
 from drl_core.settings import get_settings
 from drl_engine.spec import (TRAINED, EncoderWeights, ExperimentSpec, SpecError,
@@ -110,7 +112,8 @@ def find_by_idempotency_key(session: Session, owner_id: int | None, key: str) ->
     ).one_or_none()
 
 
-def _replay(existing: Experiment, spec_json: dict[str, Any]) -> tuple[Experiment, bool]:
+def _replay(existing: Experiment, spec_json: dict[str, Any],
+            priority: Priority) -> tuple[Experiment, bool]:
     """The experiment an earlier request with the same key created; it sends nothing (a
     message that never went out is the reaper's to send), so a hundred retries are a hundred
     reads, not a hundred messages."""
@@ -118,6 +121,10 @@ def _replay(existing: Experiment, spec_json: dict[str, Any]) -> tuple[Experiment
         raise IdempotencyConflict(
             f"idempotency key {existing.idempotency_key!r} was already used for experiment "
             f"{existing.id} with a different spec")
+    if existing.priority != priority:
+        raise IdempotencyConflict(
+            f"idempotency key {existing.idempotency_key!r} was already used for experiment "
+            f"{existing.id} with priority {existing.priority}, not {priority}")
     return existing, False
 
 
@@ -125,13 +132,17 @@ def create_experiment(session: Session, spec: ExperimentSpec, owner_id: int | No
                       idempotency_key: str | None, *,
                       celery_app: Celery | None = None,
                       check_new: Callable[[ExperimentSpec], None] | None = None,
+                      priority: Priority = Priority.NORMAL,
+                      queued_limit: int | None = None,
                       ) -> tuple[Experiment, bool]:
-    """Create the experiment and its pipeline jobs, commit, send training's message (or leave
-    it to the reaper when the broker is down).
+    """Create the experiment (at `priority`: who may ask for which is the API's to check)
+    and its pipeline jobs, commit, send training's message (or leave it to the reaper when
+    the broker is down). LimitExceeded (drl_core/job_limits.py) if its jobs would take the
+    owner past `queued_limit` queued jobs (None: the settings'), checked after a replay.
 
     Returns (experiment, created). The same `idempotency_key` for the same owner returns the
     existing experiment with created=False (also when a concurrent request won the insert);
-    with a different spec it raises IdempotencyConflict. `check_new(spec)` (the API's dataset
+    with a different spec or priority it raises IdempotencyConflict. `check_new(spec)` (the API's dataset
     check) runs before anything is stored, and only for a spec that would be stored: a replay
     answers with the experiment that exists, whatever has happened to its files since.
     """
@@ -139,14 +150,15 @@ def create_experiment(session: Session, spec: ExperimentSpec, owner_id: int | No
     if idempotency_key is not None:
         existing = find_by_idempotency_key(session, owner_id, idempotency_key)
         if existing is not None:
-            return _replay(existing, spec_json)
+            return _replay(existing, spec_json, priority)
     if check_new is not None:
         check_new(spec)
 
     experiment = Experiment(name=experiment_name(spec), owner_id=owner_id, spec=spec_json,
-                            idempotency_key=idempotency_key)
-    session.add(experiment)
+                            idempotency_key=idempotency_key, priority=priority.value)
     jobs = _pipeline_jobs(experiment, spec)
+    check_queued_limit(session, owner_id, len(jobs), queued_limit)
+    session.add(experiment)
     session.add_all(jobs)
     try:
         session.commit()
@@ -156,7 +168,7 @@ def create_experiment(session: Session, spec: ExperimentSpec, owner_id: int | No
                     else find_by_idempotency_key(session, owner_id, idempotency_key))
         if existing is None:
             raise
-        return _replay(existing, spec_json)
+        return _replay(existing, spec_json, priority)
     send_or_leave_to_reaper(jobs[0], celery_app)
     return experiment, True
 
@@ -204,15 +216,19 @@ def cancel_experiment(session: Session, experiment: Experiment) -> Experiment:
 
 
 def resume_experiment(session: Session, experiment: Experiment, *,
-                      celery_app: Celery | None = None) -> list[Job]:
+                      celery_app: Celery | None = None,
+                      queued_limit: int | None = None) -> list[Job]:
     """Re-open every failed or cancelled job of the experiment as a new attempt, with a fresh
     budget of attempts and transient retries; commits, then sends the ones that are ready
     (the others wait for their upstream job, which is re-opened too). A train job resumes
     from its last stored checkpoint, so the steps it had done are not trained again. Returns
     the jobs resumed. NotReady if no job is failed or cancelled (it is queued, running or
-    succeeded: nothing to resume)."""
+    succeeded: nothing to resume); LimitExceeded if they would take the owner past
+    `queued_limit` queued jobs (None: the settings')."""
     attempts = get_settings().max_attempts
     jobs, resumed = experiment_jobs(session, experiment.id), []
+    check_queued_limit(session, experiment.owner_id,
+                       sum(job.status in RESUMABLE for job in jobs), queued_limit)
     for job in jobs:
         if job.status not in RESUMABLE:
             continue
@@ -274,17 +290,18 @@ def validate_t_values(t_values: Any) -> list[float]:
 
 
 def request_encodings(session: Session, experiment: Experiment, t_values: list[float], *,
-                      celery_app: Celery | None = None) -> Job:
+                      celery_app: Celery | None = None, queued_limit: int | None = None) -> Job:
     """An encode job for `t_values` (both splits); commits, and enqueues it now if training
     has succeeded, or when it does (as `request_samples`). NoEncoder for a kind without an
     encoder; ValueError naming `t` on bad values; NotReady if training failed or was
-    cancelled (there is no model to encode with).
+    cancelled (there is no model to encode with); LimitExceeded past `queued_limit` (as
+    `request_samples`).
     """
     require_encoder(experiment)
     ts = validate_t_values(t_values)
     train = usable_train_job(session, experiment, "encode with")
     job = new_job(experiment, JobKind.ENCODE, {"t": ts}, train)
-    return add_and_release(session, job, train, celery_app)
+    return add_and_release(session, job, train, celery_app, queued_limit)
 
 
 def sample_params(experiment: Experiment, params: Any) -> dict[str, Any]:
@@ -300,11 +317,12 @@ def sample_params(experiment: Experiment, params: Any) -> dict[str, Any]:
 
 
 def request_samples(session: Session, experiment: Experiment, params: dict[str, Any], *,
-                    celery_app: Celery | None = None) -> Job:
+                    celery_app: Celery | None = None, queued_limit: int | None = None) -> Job:
     """A sample job with `params` over the spec's sample settings; commits, and enqueues it
     now if training has succeeded, or when it does. NotReady if training failed or was
     cancelled (there is no model to sample from); SpecError naming model.kind for a kind that
-    does not generate (the baselines)."""
+    does not generate (the baselines); LimitExceeded if the job would take the owner past
+    `queued_limit` queued jobs (None: the settings')."""
     kind = experiment_kind(experiment)
     if not has_sampler(kind):
         raise SpecError(f"model.kind: experiment {experiment.id} is {kind!r}, which does not "
@@ -312,7 +330,7 @@ def request_samples(session: Session, experiment: Experiment, params: dict[str, 
     merged = sample_params(experiment, params)
     train = usable_train_job(session, experiment, "sample from")
     job = new_job(experiment, JobKind.SAMPLE, {"sample": merged}, train)
-    return add_and_release(session, job, train, celery_app)
+    return add_and_release(session, job, train, celery_app, queued_limit)
 
 
 def usable_train_job(session: Session, experiment: Experiment, purpose: str) -> Job:
@@ -324,10 +342,12 @@ def usable_train_job(session: Session, experiment: Experiment, purpose: str) -> 
     return train
 
 
-def add_and_release(session: Session, job: Job, train: Job, celery_app: Celery | None) -> Job:
-    """Commit a requested job; send it at once when its train job already succeeded (else
-    the train job's success releases it, like any dependent; a broker that is down leaves
-    it to the reaper)."""
+def add_and_release(session: Session, job: Job, train: Job, celery_app: Celery | None,
+                    queued_limit: int | None = None) -> Job:
+    """Commit a requested job (within its owner's `queued_limit`); send it at once when its
+    train job already succeeded (else the train job's success releases it, like any
+    dependent; a broker that is down leaves it to the reaper)."""
+    check_queued_limit(session, job.experiment.owner_id, 1, queued_limit)
     session.add(job)
     session.commit()
     if train.status == JobStatus.SUCCEEDED:

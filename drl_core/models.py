@@ -19,6 +19,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 from drl_core.job_states import JobKind, JobStatus, utc_now
+from drl_core.priority import Priority
 from drl_core.settings import get_settings
 
 NAMING_CONVENTION = {
@@ -70,7 +71,7 @@ class Base(DeclarativeBase):
     }
 
 
-def _in(column: str, values: type[JobKind] | type[JobStatus]) -> str:
+def _in(column: str, values: type[JobKind] | type[JobStatus] | type[Priority]) -> str:
     return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
 
 
@@ -130,6 +131,7 @@ class Experiment(Base):
             postgresql_where=sa.text("owner_id IS NULL"),
             sqlite_where=sa.text("owner_id IS NULL"),
         ),
+        sa.CheckConstraint(_in("priority", Priority), name="priority"),
         NEVER_REUSE_IDS,
     )
 
@@ -138,6 +140,9 @@ class Experiment(Base):
     owner_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id"), index=True)
     spec: Mapped[dict[str, Any]]
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(200))
+    # Orders its jobs within its owner's turn (drl_core/priority.py, drl_core/fair_queue.py).
+    priority: Mapped[str] = mapped_column(sa.String(8), default=Priority.NORMAL.value,
+                                          server_default=Priority.NORMAL.value)
     # What trained it (drl_engine/provenance.py), written when its train job starts.
     provenance: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utc_now)

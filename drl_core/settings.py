@@ -81,6 +81,14 @@ class Settings(BaseSettings):
     # cannot be looked into (or are down) are left to `resend_after_s`.
     stranded_after_s: float = Field(default=20.0, gt=0)
 
+    # Sharing the workers (drl_core/fair_queue.py, drl_core/job_limits.py); 0 = no limit.
+    # Jobs of one user running at once on one queue (gpu, cpu): the dispatcher starts no
+    # more; the rest wait, whatever is free.
+    max_running_jobs_per_user: int = Field(default=0, ge=0)
+    # Jobs of one user queued at once: a request that would queue more (a new experiment,
+    # samples, encodings, a resume) is refused with 429, naming this limit.
+    max_queued_jobs_per_user: int = Field(default=0, ge=0)
+
     # Worker (added with the job system, issue 3).
     # Key prefix for everything Celery keeps in Redis, so several deployments (or test runs)
     # can share one Redis without taking each other's tasks.

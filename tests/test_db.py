@@ -78,7 +78,7 @@ def test_migrations_upgrade_to_head_and_downgrade_to_base(empty_database_url: st
 
     upgrade_database(empty_database_url)
     assert table_names(empty_database_url) == TABLES | {"alembic_version"}
-    assert current_revision(empty_database_url) == head_revision() == "0005"
+    assert current_revision(empty_database_url) == head_revision() == "0006"
 
     downgrade_database(empty_database_url, "base")
     assert table_names(empty_database_url) == {"alembic_version"}
@@ -221,9 +221,14 @@ def test_the_unique_metric_points_migration_keeps_the_newest_duplicate(empty_dat
     try:
         with engine.begin() as connection:
             now = datetime.now(timezone.utc)
-            experiment = connection.execute(sa.insert(Experiment).values(
-                name="e", spec={}, created_at=now, updated_at=now).returning(Experiment.id)).scalar()
-            # (the jobs table as 0001 made it: the model's later columns are not there yet)
+            # (the tables as 0001 made them: the models' later columns are not there yet)
+            experiments_0001 = sa.table(
+                "experiments", sa.column("id"), sa.column("name"), sa.column("spec", sa.JSON),
+                sa.column("created_at", sa.DateTime(timezone=True)),
+                sa.column("updated_at", sa.DateTime(timezone=True)))
+            experiment = connection.execute(sa.insert(experiments_0001).values(
+                name="e", spec={}, created_at=now, updated_at=now)
+                .returning(experiments_0001.c.id)).scalar()
             jobs_0001 = sa.table(
                 "jobs", sa.column("id"), sa.column("experiment_id"), sa.column("kind"),
                 sa.column("status"), sa.column("attempt"), sa.column("max_attempts"),

@@ -29,14 +29,14 @@ import sqlalchemy as sa
 from celery import Celery
 from sqlalchemy.orm import Session
 
-from drl_core.broker_messages import run_job_id, run_job_ids_in_broker
+from drl_core.broker_messages import read_broker_messages, run_job_id, run_job_ids_in_broker
 from drl_core.db import session_factory
 from drl_core.experiments import create_experiment
-from drl_core.job_states import JobStatus, utc_now
+from drl_core.job_states import JobStatus, transition, utc_now
 from drl_core.models import Job
 from drl_core.queue import make_celery
 from drl_core.settings import Settings
-from worker.reaper import claim_resend, resend_stranded_jobs
+from worker.reaper import claim_resend, resend_stranded_jobs, stranded_jobs
 
 pytest.register_assert_rewrite("worker_fixtures")
 from worker_fixtures import (  # noqa: E402
@@ -149,6 +149,44 @@ def test_redis_a_backlog_whose_messages_are_there_is_never_resent(
     for hours in (1, 2, 10):
         assert resend(pg_session, app, after=timedelta(hours=hours)) == []
     assert redis_queue.waiting("gpu") == 3
+
+
+def test_a_message_that_started_another_job_stands_for_the_job_it_named(
+        pg_session: Session, redis_queue: PrefixedRedisQueue) -> None:
+    """A message starts whichever job's turn it is (drl_core/fair_queue.py): the first job's
+    message started the second, whose own message still waits. The first has no message of
+    its own, but the waiting one will start it: nothing is re-sent, until that one is lost."""
+    app = redis_queue.celery_app
+    first, second = create_training(pg_session, app), create_training(pg_session, app)
+    with app.connection_for_read() as connection:
+        message = connection.default_channel.basic_get("gpu", no_ack=False)
+        transition(pg_session, second, JobStatus.RUNNING, worker="w:1")
+        pg_session.commit()
+        message.ack()
+    messages = read_broker_messages(app)
+    assert messages is not None
+    assert (messages.waiting, messages.held) == ({"gpu": [second.id], "cpu": []}, [])
+    assert resend(pg_session, app, after=timedelta(hours=2)) == []
+    redis_queue.lose_everything()
+    assert resend(pg_session, app) == [first.id]
+    assert resend(pg_session, app) == []
+
+
+def test_jobs_the_running_limit_holds_back_are_not_stranded(
+        pg_session: Session, redis_queue: PrefixedRedisQueue) -> None:
+    """Their owner runs as many jobs as `max_running_jobs_per_user` allows: a message for
+    them found nothing to start and was dropped. They get a nudge when a running one stops
+    (fair_queue.nudge_after_slot_freed), not one every reaper pass."""
+    app = redis_queue.celery_app
+    running, waiting = create_training(pg_session, app), create_training(pg_session, app)
+    transition(pg_session, running, JobStatus.RUNNING, worker="w:1")
+    pg_session.commit()
+    redis_queue.lose_everything()
+    messages = read_broker_messages(app)
+    later = utc_now() + LATER
+    for max_running, stranded in ((1, []), (2, [waiting.id]), (0, [waiting.id])):
+        found = stranded_jobs(pg_session, later, STRANDED_AFTER_S, messages, max_running)
+        assert [job.id for job in found] == stranded, max_running
 
 
 def test_jobs_that_are_not_ready_or_wait_for_a_retry_are_not_resent(

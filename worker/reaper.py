@@ -15,9 +15,11 @@ Stranded messages: a Redis restarted without its data has lost the messages of e
 job. Each pass asks the broker which jobs it holds a message for, waiting in a queue or
 delivered to a worker and not yet acknowledged (drl_core/broker_messages.py), and re-sends
 the ready queued jobs sent over `stranded_after_s` ago that are not among them: such a job
-runs within stranded_after_s + reaper_interval_s of the loss. A job waiting behind a backlog
-has its message, so it gets no copy; a re-sent job has its message again at the next pass,
-so it gets one copy per loss. The broker is read before the database, so a message sent
+runs within stranded_after_s + reaper_interval_s of the loss. A message starts whichever
+job's turn it is (drl_core/fair_queue.py), so a job can lose its message to another's start
+while that other's message still waits: such a spare message counts for one job without its
+own, which is not re-sent. A job waiting behind a backlog has a message, so it gets no
+copy; a re-sent job has its message again at the next pass, so it gets one copy per loss. The broker is read before the database, so a message sent
 after the read belongs to a job whose `enqueued_at` is too recent to be a candidate. Where
 the broker cannot be looked into (a transport other than Redis or the filesystem) or read
 (down), the pass sends nothing and `resend_unsent_jobs` re-sends what was sent over
@@ -37,8 +39,9 @@ import sqlalchemy as sa
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from drl_core.broker_messages import BrokerUnreadable, run_job_ids_in_broker
-from drl_core.dispatch import enqueue_job, is_ready, settle_downstream
+from drl_core.broker_messages import BrokerMessages, BrokerUnreadable, read_broker_messages
+from drl_core.dispatch import enqueue_job, is_ready, retry_due, settle_downstream
+from drl_core.fair_queue import held_back
 from drl_core.job_states import (
     HELD_BY_WORKER,
     IllegalTransition,
@@ -91,11 +94,6 @@ def reap_stale_jobs(session: Session, now: datetime | None = None, *,
     return reaped
 
 
-def retry_due(now: datetime) -> sa.ColumnElement[bool]:
-    """A job waiting out a transient fault's backoff must not be sent before its `retry_at`."""
-    return Job.retry_at.is_(None) | (Job.retry_at <= now)
-
-
 def unsent_jobs(session: Session, now: datetime, grace_s: float, resend_after_s: float) -> list[Job]:
     """Ready queued jobs, due to run, whose message never went out (`enqueued_at` NULL, made
     ready more than `grace_s` ago, so a sender still between its commit and its send is left
@@ -131,15 +129,35 @@ def resend_unsent_jobs(session: Session, now: datetime | None = None, *,
 
 
 def stranded_jobs(session: Session, now: datetime, stranded_after_s: float,
-                  ids_in_broker: set[int]) -> list[Job]:
+                  messages: BrokerMessages, max_running: int = 0) -> list[Job]:
     """Ready queued jobs, due to run, whose message went out more than `stranded_after_s`
-    before `now` and is not in the broker (`ids_in_broker`, read before this query), as
-    they are now."""
+    before `now`, that no message in the broker (`messages`, read before this query) will
+    start, as they are now: their own message is not there, and their queue has no spare
+    nudge left for them (`spare_nudges`). Jobs `max_running` holds back are not stranded:
+    their owner's next job gets a nudge when a running one stops
+    (fair_queue.nudge_after_slot_freed)."""
     sent_before = now - timedelta(seconds=stranded_after_s)
     candidates = session.scalars(sa.select(Job).where(
         Job.status == JobStatus.QUEUED.value, Job.enqueued_at < sent_before, retry_due(now))
         .order_by(Job.id).execution_options(populate_existing=True))
-    return [job for job in candidates if job.id not in ids_in_broker and is_ready(job)]
+    in_broker = messages.job_ids
+    missing = [job for job in candidates if job.id not in in_broker and is_ready(job)]
+    stranded = []
+    for queue in sorted({job.queue for job in missing}):
+        held = held_back(session, queue, max_running)
+        lacking = [job for job in missing
+                   if job.queue == queue and job.experiment.owner_id not in held]
+        stranded += lacking[spare_nudges(session, messages.waiting.get(queue, [])):]
+    return sorted(stranded, key=lambda job: job.id)
+
+
+def spare_nudges(session: Session, waiting: list[int]) -> int:
+    """How many of a queue's waiting messages (their job ids) are not some queued job's
+    own: those whose job started (another job's message started it: fair_queue), finished
+    or is gone, and second copies. Each starts the next job in turn when delivered."""
+    queued = set(session.scalars(sa.select(Job.id).where(
+        Job.id.in_(set(waiting)), Job.status == JobStatus.QUEUED.value)))
+    return len(waiting) - len(set(waiting) & queued)
 
 
 def claim_resend(session: Session, job: Job) -> bool:
@@ -165,15 +183,16 @@ def resend_stranded_jobs(session: Session, now: datetime | None = None, *,
                         else stranded_after_s)
     now = now or utc_now()   # before the broker is read: see the module docstring
     try:
-        ids_in_broker = run_job_ids_in_broker(app)
+        messages = read_broker_messages(app)
     except BrokerUnreadable as error:
         logger.warning("cannot read the broker to find stranded jobs (%s); messages lost in "
                        "it are re-sent after resend_after_s", error)
         return None
-    if ids_in_broker is None:
+    if messages is None:
         return None
     resent = []
-    for job in stranded_jobs(session, now, stranded_after_s, ids_in_broker):
+    max_running = get_settings().max_running_jobs_per_user
+    for job in stranded_jobs(session, now, stranded_after_s, messages, max_running):
         if not claim_resend(session, job):
             continue   # started, re-sent or settled since the query
         logger.warning("job %s (%s) is queued but its message is no longer in the broker: "

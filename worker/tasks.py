@@ -1,9 +1,12 @@
-"""`drl.run_job(job_id)`: run one job as its row says, and move the pipeline along.
+"""`drl.run_job(job_id)`: run the job whose turn it is on the message's queue, and move the
+pipeline along.
 
-    1. compare-and-set queued -> running (worker = host:pid). If that fails the job was
-       cancelled, already ran, or another delivery of the same message got it: drop the
-       message. A duplicate delivery is therefore harmless, and a job cancelled while
-       queued never runs.
+    1. the message is a nudge for its queue: the database picks the job to start, by turn
+       across owners, priority and age, and starts it (queued -> running, worker =
+       host:pid) in one transaction (drl_core/fair_queue.py); usually another job than the
+       message names. If no job may start the message is dropped: a duplicate delivery is
+       therefore harmless, and a job cancelled while queued never runs. (`run_job(job_id)`
+       runs one given job, out of turn: for tests and tools.)
     2. run the kind's runner with a heartbeat thread, a session fenced on the job's attempt
        (worker/context.py, drl_core/fencing.py) and the job's whole log, stored as it grows
        (worker/job_log.py);
@@ -43,6 +46,7 @@ from sqlalchemy.orm import Session
 
 from drl_core.artifact_keys import experiment_prefix
 from drl_core.dispatch import release_dependents, send_or_leave_to_reaper, settle_downstream
+from drl_core.fair_queue import claim_next_job, nudge_after_slot_freed
 from drl_core.fencing import fenced_session
 from drl_core.job_states import (
     HELD_BY_WORKER,
@@ -53,7 +57,7 @@ from drl_core.job_states import (
     utc_now,
 )
 from drl_core.models import Experiment, Job
-from drl_core.queue import TASK_RUN_JOB
+from drl_core.queue import QUEUES, TASK_RUN_JOB
 from drl_core.settings import get_settings
 from drl_engine.spec import ExperimentSpec
 from worker.context import (Heartbeat, JobCancelled, JobContext, JobLost, WorkerResources,
@@ -103,9 +107,34 @@ def traceback_tail(exc: BaseException) -> list[str]:
 # --- the task ----------------------------------------------------------------------------
 
 
+def run_next_job(queue: str | None, resources: WorkerResources | None = None,
+                 celery_app: Celery | None = None, nudged_by: int | None = None) -> str:
+    """What a worker does with a message (for job `nudged_by`) from `queue` (None: that job's
+    queue): run the job whose turn it is there (drl_core/fair_queue.py). Returns what
+    happened, as `run_job` does, or idle: no job may start (the message is dropped)."""
+    resources = resources or process_resources()
+    with resources.sessions() as session:
+        if queue is None:
+            nudging = session.get(Job, nudged_by) if nudged_by is not None else None
+            if nudging is None:
+                logger.warning("message for job %s: no such job and no queue; dropped", nudged_by)
+                return "missing"
+            queue = nudging.queue
+        job = claim_next_job(session, queue, worker_name(),
+                             max_running=resources.settings.max_running_jobs_per_user)
+        if job is None:
+            logger.info("message for job %s: no job may start on queue %s; dropped", nudged_by,
+                        queue)
+            return "idle"
+        if job.id != nudged_by:
+            logger.info("message for job %s on queue %s: job %s's turn", nudged_by, queue, job.id)
+        return _run_held_job(session, job, resources, celery_app)
+
+
 def run_job(job_id: int, resources: WorkerResources | None = None,
             celery_app: Celery | None = None) -> str:
-    """Run job `job_id` if it is queued and ready; returns what happened: succeeded, failed,
+    """Run job `job_id` if it is queued and ready, whoever's turn it is (tests and tools;
+    workers take turns through `run_next_job`); returns what happened: succeeded, failed,
     cancelled, handed back (queued again: this worker is shutting down), retrying (queued
     again after a transient fault, its message delayed by the backoff), lost (taken away
     mid-run), skipped (not queued: nothing done), waiting (its dependency has not succeeded:
@@ -140,7 +169,8 @@ def _run_held_job(session: Session, job: Job, resources: WorkerResources,
     # The row may change or vanish under this worker (cancel, reaper, delete): keep what the
     # job *was* when this worker took it, never re-read it through the expired object.
     job_id, attempt, experiment_id, kind = job.id, job.attempt, job.experiment_id, job.kind
-    retries_done, params = job.transient_retries, dict(job.params or {})
+    retries_done, params, queue = job.transient_retries, dict(job.params or {}), job.queue
+    owner_id = job.experiment.owner_id
     spec = ExperimentSpec.model_validate(job.experiment.spec)
     # End the read's transaction: this session must not sit idle in a transaction, holding
     # a connection and its snapshot, for as long as the job runs.
@@ -212,26 +242,31 @@ def _run_held_job(session: Session, job: Job, resources: WorkerResources,
         return "lost"
     if error is not None:
         logger.error("job %s (%s) failed: %s", job_id, kind, fields["error"], exc_info=error)
-    if finished.status == JobStatus.QUEUED and retry is not None:
-        # Sent now, delivered after the backoff; a broker that is down (perhaps the very
-        # fault) leaves it to the reaper, which respects retry_at.
-        send_or_leave_to_reaper(finished, celery_app, countdown=retry.delay_s)
-        return "retrying"
-    if finished.status == JobStatus.QUEUED:
+    if finished.status == JobStatus.QUEUED and retry is None:
         resources.handed_back.append(job_id)
         resources.stop_requested.clear()   # served: a stray SIGINT costs one hand-back, no more
         logger.info("job %s handed back at attempt %s (the worker is shutting down); its message "
                     "goes out as this process exits", job_id, attempt)
         return "handed back"
-    if finished.status == JobStatus.SUCCEEDED:
+    if finished.status == JobStatus.QUEUED and retry is not None:
+        # Sent now, delivered after the backoff; a broker that is down (perhaps the very
+        # fault) leaves it to the reaper, which respects retry_at.
+        send_or_leave_to_reaper(finished, celery_app, countdown=retry.delay_s)
+        result = "retrying"
+    elif finished.status == JobStatus.SUCCEEDED:
         released = release_dependents(session, finished, celery_app)
         logger.info("job %s succeeded; enqueued %s", job_id, released or "nothing")
+        result = finished.status
     else:
         settled = settle_downstream(session, finished)
         session.commit()
         logger.info("job %s %s; downstream %s settled", job_id, finished.status,
                     settled or "none")
-    return finished.status
+        result = finished.status
+    # (not after a hand-back: this stopping worker would take the nudge itself)
+    nudge_after_slot_freed(session, queue, owner_id,
+                           resources.settings.max_running_jobs_per_user, celery_app)
+    return result
 
 
 def _finish(session: Session, job_id: int, attempt: int, outcome: JobStatus,
@@ -306,8 +341,11 @@ def register(app: Celery) -> None:
     def run_job_task(self, job_id: int) -> str:
         resources = process_resources()
         stop_on_sigint(resources.stop_requested)   # a stopping worker hands this job back
-        # The database unreachable before the job started: retry later (a new message).
-        return run_job(job_id, resources, celery_app=self.app)
+        # The queue the message came from (the one the job was sent to); the database
+        # unreachable before a job started: retry later (a new message).
+        queue = (self.request.delivery_info or {}).get("routing_key")
+        return run_next_job(queue if queue in QUEUES else None, resources,
+                            celery_app=self.app, nudged_by=job_id)
 
 
 @worker_process_init.connect

@@ -31,12 +31,14 @@ from api.auth import require_owner
 from api.deps import AppState, CurrentUser, SessionDep, StateDep, StoreDep
 from api.lookups import (MAX_ID, ExperimentId, describe_job, get_experiment, latest_job,
                          no_encoder_problem, require_encoder)
-from api.problems import NOT_FOUND, NOT_READY, Problem, field_error, problem_responses, validation_problem
+from api.problems import (NOT_FOUND, NOT_READY, Problem, field_error, limit_problem,
+                          problem_responses, validation_problem)
 from api.request_limits import BODY_STATUSES
 from api.schemas import EmbeddingPage, EncodeRequest, JobOut, Split
 from drl_core import experiments as service
 from drl_core.artifact_keys import embedding_key, labels_key, t_key
 from drl_core.artifacts import ArtifactNotFound, ArtifactStore
+from drl_core.job_limits import LimitExceeded
 from drl_core.job_states import JobKind
 from drl_core.models import Artifact
 from drl_engine.spec import TRAINED, EncoderWeights
@@ -167,19 +169,23 @@ def read_embedding_labels(
 
 @router.post("/experiments/{experiment_id}/encodings", status_code=status.HTTP_202_ACCEPTED,
              response_model=JobOut, summary="Encode both splits at more t values (a job)",
-             responses=problem_responses(*BODY_STATUSES, 401, 403, 404, 409, 422, 503))
+             responses=problem_responses(*BODY_STATUSES, 401, 403, 404, 409, 422, 429, 503))
 def request_encodings(experiment_id: ExperimentId, request: EncodeRequest, session: SessionDep,
                       state: StateDep, user: CurrentUser) -> JobOut:
     """Needs a finished training (409 before) and a model kind with an encoder (422, type
-    no-encoder, for vdm); only the experiment's owner or an admin may ask (403). The job's id
+    no-encoder, for vdm); only the experiment's owner or an admin may ask (403); 429 past the
+    owner's `max_queued_jobs_per_user`. The job's id
     is in the answer: follow it at /jobs/{id}; the embeddings appear under GET /embeddings
     when it succeeds."""
     experiment = get_experiment(session, experiment_id)
     require_owner(user, experiment, "encode")
     try:
-        job = service.request_encodings(session, experiment, request.t, celery_app=state.celery)
+        job = service.request_encodings(session, experiment, request.t, celery_app=state.celery,
+                                        queued_limit=state.settings.max_queued_jobs_per_user)
     except service.NotReady as err:
         raise Problem(409, str(err), type=NOT_READY, title="Not ready") from None
+    except LimitExceeded as err:
+        raise limit_problem(err) from None
     except service.NoEncoder as err:
         raise no_encoder_problem(err, experiment) from None
     except ValueError as err:

@@ -11,11 +11,11 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response, status
 from sqlalchemy.orm import Session
 
-from api.auth import require_owner
+from api.auth import require_owner, require_priority_allowed
 from api.deps import CurrentUser, SessionDep, StateDep, StoreDep
 from api.lookups import ExperimentId, get_experiment
-from api.problems import (NOT_READY, Problem, field_error, problem_responses, spec_problem,
-                          validation_problem)
+from api.problems import (NOT_READY, Problem, field_error, limit_problem, problem_responses,
+                          spec_problem, validation_problem)
 from api.request_limits import BODY_STATUSES
 from api.schemas import (ExperimentBrief, ExperimentOut, ExperimentPage, ExperimentSpecBody,
                          ExperimentSummary, experiment_fields)
@@ -23,8 +23,10 @@ from drl_core import experiment_list
 from drl_core import experiments as service
 from drl_core.data_paths import check_submitted_dataset, confine_dataset_paths, dataset_field
 from drl_core.experiment_list import ExperimentFilter
+from drl_core.job_limits import LimitExceeded
 from drl_core.job_states import ExperimentStatus
 from drl_core.models import Experiment
+from drl_core.priority import Priority
 from drl_engine.spec import ExperimentSpec, SpecError
 
 router = APIRouter(tags=["experiments"])
@@ -45,7 +47,7 @@ def experiment_out(session: Session, experiment: Experiment) -> ExperimentOut:
     summary="Submit an experiment",
     responses={200: {"model": ExperimentOut, "description": "an earlier request with the same "
                      "Idempotency-Key already created it"}}
-    | problem_responses(*BODY_STATUSES, 401, 422, 503),
+    | problem_responses(*BODY_STATUSES, 401, 403, 422, 429, 503),
 )
 def create_experiment(
     spec: ExperimentSpecBody,  # type: ignore[valid-type]
@@ -58,6 +60,10 @@ def create_experiment(
         description="retrying with the same key returns the experiment the first request "
                     "created (200) instead of creating another",
     )] = None,
+    priority: Annotated[Priority, Query(
+        description="orders the experiment's jobs among its owner's own when the owner's "
+                    "turn comes (owners take turns for the workers); high: admins only")
+    ] = Priority.NORMAL,
 ) -> ExperimentOut:
     """The body is an ExperimentSpec, validated by that model (the one parse_spec validates);
     invalid fields are a 422 naming them (e.g. `model.kind`).
@@ -70,8 +76,13 @@ def create_experiment(
     A dataset file that is missing or corrupt is a 422 naming the field (`dataset.path`,
     `dataset.data_dir` or `dataset.name`) and the file, where the API sees the workers' data
     folder (drl_core/data_paths.py; docs/DEPLOY.md says where that is).
+
+    `priority=high` is for admins (403 for anyone else). A user who would have more than
+    `max_queued_jobs_per_user` jobs queued (a setting; the new experiment's pipeline counts
+    up to four) is answered 429, naming the limit.
     """
     settings = state.settings
+    require_priority_allowed(user, priority)
     if settings.auth_enabled:
         try:
             spec = spec.model_copy(update={"dataset": confine_dataset_paths(
@@ -91,9 +102,12 @@ def create_experiment(
     try:
         experiment, created = service.create_experiment(
             session, spec, owner_id=user.id if user else None, idempotency_key=idempotency_key,
-            celery_app=state.celery, check_new=check_dataset_files)
+            celery_app=state.celery, check_new=check_dataset_files, priority=priority,
+            queued_limit=settings.max_queued_jobs_per_user)
     except service.IdempotencyConflict as err:
         raise validation_problem([field_error("Idempotency-Key", str(err))]) from None
+    except LimitExceeded as err:
+        raise limit_problem(err) from None
     if not created:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/experiments/{experiment.id}"
@@ -137,18 +151,22 @@ def cancel_experiment(experiment_id: ExperimentId, session: SessionDep, user: Cu
 @router.post("/experiments/{experiment_id}/resume", response_model=ExperimentOut,
              status_code=status.HTTP_202_ACCEPTED,
              summary="Resume a failed or cancelled experiment from its last checkpoint",
-             responses=problem_responses(401, 403, 404, 409, 422))
+             responses=problem_responses(401, 403, 404, 409, 422, 429))
 def resume_experiment(experiment_id: ExperimentId, session: SessionDep, user: CurrentUser,
                       state: StateDep) -> ExperimentOut:
     """Every failed or cancelled job runs again as a new attempt, with a fresh budget of
     attempts and retries; training resumes from its last stored checkpoint, so the steps
-    already done are not trained again. 409 when no job is failed or cancelled."""
+    already done are not trained again. 409 when no job is failed or cancelled; 429 when
+    the jobs it re-opens would pass the owner's `max_queued_jobs_per_user`."""
     experiment = get_experiment(session, experiment_id)
     require_owner(user, experiment, "resume")
     try:
-        service.resume_experiment(session, experiment, celery_app=state.celery)
+        service.resume_experiment(session, experiment, celery_app=state.celery,
+                                  queued_limit=state.settings.max_queued_jobs_per_user)
     except service.NotReady as err:
         raise Problem(409, str(err), type=NOT_READY, title="Nothing to resume") from None
+    except LimitExceeded as err:
+        raise limit_problem(err) from None
     session.expire_all()
     return experiment_out(session, get_experiment(session, experiment_id))
 

@@ -9,12 +9,14 @@ from sqlalchemy.orm import Session
 from api.auth import require_owner
 from api.deps import CurrentUser, SessionDep, StateDep, StoreDep
 from api.lookups import ExperimentId, JobId, artifacts_of, describe_job, get_experiment, get_job
-from api.problems import NOT_FOUND, NOT_READY, Problem, problem_responses, spec_problem
+from api.problems import (NOT_FOUND, NOT_READY, Problem, limit_problem, problem_responses,
+                          spec_problem)
 from api.request_limits import BODY_STATUSES
 from api.schemas import JobOut, SampleOut, SampleRequest
 from drl_core import experiments as service
 from drl_core.artifact_keys import ArtifactKind, sample_key
 from drl_core.artifacts import ArtifactNotFound, ArtifactStore
+from drl_core.job_limits import LimitExceeded
 from drl_core.job_states import JobKind, JobStatus
 from drl_engine.spec import SpecError
 
@@ -25,7 +27,7 @@ PNG_RESPONSE = {200: {"content": {"image/png": {}}, "description": "the sample g
 
 @router.post("/experiments/{experiment_id}/samples", status_code=status.HTTP_202_ACCEPTED,
              response_model=JobOut, summary="Draw samples (a job)",
-             responses=problem_responses(*BODY_STATUSES, 401, 403, 404, 409, 422, 503))
+             responses=problem_responses(*BODY_STATUSES, 401, 403, 404, 409, 422, 429, 503))
 def request_samples(experiment_id: ExperimentId, request: SampleRequest,  # type: ignore[valid-type]
                     session: SessionDep, state: StateDep, user: CurrentUser) -> JobOut:
     """The body's fields override the experiment's `sample` section (sampler, steps, t_init,
@@ -33,16 +35,20 @@ def request_samples(experiment_id: ExperimentId, request: SampleRequest,  # type
     training failed or was cancelled. The PNG is at /experiments/{id}/samples/{job_id}.png.
     `code_source: "interpolation"` (vdm_vae only) decodes codes between pairs of test images:
     `count` is pairs x 8 points, pairs = max(1, count // 8); one PNG row per pair. Only the
-    experiment's owner or an admin may ask (403)."""
+    experiment's owner or an admin may ask (403); 429 past the owner's
+    `max_queued_jobs_per_user`."""
     experiment = get_experiment(session, experiment_id)
     require_owner(user, experiment, "draw samples from")
     params = request.model_dump(exclude_none=True)
     try:
-        job = service.request_samples(session, experiment, params, celery_app=state.celery)
+        job = service.request_samples(session, experiment, params, celery_app=state.celery,
+                                      queued_limit=state.settings.max_queued_jobs_per_user)
     except SpecError as err:
         raise spec_problem(err) from None
     except service.NotReady as err:
         raise Problem(409, str(err), type=NOT_READY, title="Not ready") from None
+    except LimitExceeded as err:
+        raise limit_problem(err) from None
     return JobOut.from_job(job)
 
 
