@@ -1,8 +1,10 @@
 """The Celery app, built from Settings: the queue that carries "run job N" and nothing else.
 
-State lives in the database; a message is only a nudge to run a job whose row says what to
-do. So there is no result backend, and a message delivered twice is harmless: the task starts
-with the compare-and-set queued -> running and drops the message if that fails.
+State lives in the database; a message is only a nudge for its queue: the task starts the
+job whose turn it is there (drl_core/fair_queue.py: owners take turns, then priority, then
+age), whichever job the message names, with the compare-and-set queued -> running, and drops
+the message when no job may start. So there is no result backend, and a message delivered
+twice is harmless.
 
 Brokers:
 - Redis (docker compose, `DRL_BROKER_URL=redis://...`), optionally with
@@ -18,13 +20,14 @@ Delivery decisions (see also worker/tasks.py):
   authority and the reaper takes over.
 - `task_reject_on_worker_lost=False`: when the process running a job dies (SIGKILL, OOM),
   its message is acknowledged, not re-queued. The reaper alone re-runs a lost job, counting
-  attempts against `max_attempts`; a re-queued message would only meet a job still marked
-  running and be dropped (and a job that kills its worker must not loop forever).
+  attempts against `max_attempts` (a job that kills its worker must not loop forever).
 - `worker_prefetch_multiplier=1` with acks_late: a busy worker holds no second message
   that an idle worker could have started.
 - `worker_cancel_long_running_tasks_on_connection_loss=False`: a broker blip must not kill
   a two-hour training; if the broker redelivers its message meanwhile (Redis does after
-  `visibility_timeout` for any long task), the copy is dropped by the compare-and-set.
+  `visibility_timeout` for any long task), the copy is a nudge like any other: a free worker
+  that gets it starts the next job in turn, or drops it when none may start. The running job
+  is not started twice (it is not queued).
 """
 
 from __future__ import annotations
