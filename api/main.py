@@ -21,8 +21,8 @@ from api.deps import AppState, bearer_scheme, get_current_user
 from api.docs_pages import install_docs
 from api.problems import install_problem_handlers
 from api.request_limits import RequestLimitsMiddleware
-from api.routers import (code_usage, embeddings, experiments, health, jobs, metrics, probes, queue,
-                         samples)
+from api.routers import (checkpoints, code_usage, embeddings, experiments, health, jobs, metrics,
+                         probes, queue, samples)
 from drl_core.settings import Settings, get_settings
 
 DESCRIPTION = """\
@@ -34,8 +34,8 @@ but /healthz, /readyz and these docs needs `Authorization: Bearer <token>` (`drl
 """
 
 # Routers whose every endpoint needs a signed-in user when auth is on.
-PROTECTED = (experiments.router, jobs.router, queue.router, embeddings.router, probes.router,
-             code_usage.router, metrics.router, samples.router)
+PROTECTED = (experiments.router, checkpoints.router, jobs.router, queue.router, embeddings.router,
+             probes.router, code_usage.router, metrics.router, samples.router)
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     state = AppState(settings or get_settings())

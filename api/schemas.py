@@ -10,8 +10,9 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from pydantic.fields import FieldInfo
 
+from drl_core.artifact_keys import checkpoint_step
 from drl_core.job_states import JobStatus, experiment_status, failed_job
-from drl_core.models import Experiment, Job
+from drl_core.models import Artifact, Experiment, Job
 from drl_core.priority import Priority
 from drl_core.queue_forecast import QueuePlace
 from drl_engine.code_usage_table import CodeUsage
@@ -436,6 +437,22 @@ class SampleOut(BaseModel):
                 "url": f"/experiments/{job.experiment_id}/samples/{job.id}.png",
             }
         return cls(**fields)
+
+
+class CheckpointOut(BaseModel):
+    """A training checkpoint in the artifact store. The store keeps a training's newest
+    checkpoints and every pinned one; the train job deletes the others as it saves new ones."""
+
+    step: int = Field(description="the training step it was saved at")
+    pinned: bool = Field(description="kept past retention until unpinned")
+    size: int = Field(description="bytes")
+    sha256: str
+    created_at: datetime
+
+    @classmethod
+    def from_artifact(cls, row: Artifact) -> CheckpointOut:
+        return cls(step=checkpoint_step(row.key), pinned=row.pinned, size=row.size,
+                   sha256=row.sha256, created_at=row.created_at)
 
 
 class EmbeddingItem(BaseModel):

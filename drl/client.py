@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from .connection import TIMEOUT_S, Connection, RetryPolicy
 from .errors import NotFound, Unreachable
-from .resources import (CodeUsage, Embeddings, Experiment, ExperimentPage, Health, Job, JobDetail,
-                        MetricSeries, Probes, QueuePage, Sample)
+from .resources import (Checkpoint, CodeUsage, Embeddings, Experiment, ExperimentPage, Health, Job,
+                        JobDetail, MetricSeries, Probes, QueuePage, Sample)
 
 if TYPE_CHECKING:
     import httpx
@@ -160,6 +160,22 @@ class Client:
                                    f"after {timeout_s:g} s")
             time.sleep(poll_s)
         return experiment
+
+    # --- checkpoints ----------------------------------------------------------------------
+
+    def checkpoints(self, experiment_id: int) -> list[Checkpoint]:
+        """GET /experiments/{id}/checkpoints: the stored ones, oldest first. The store keeps a
+        training's newest checkpoints and the pinned ones."""
+        return self._json("GET", f"/experiments/{experiment_id}/checkpoints")
+
+    def pin(self, experiment_id: int, step: int) -> Checkpoint:
+        """POST /experiments/{id}/checkpoints/{step}/pin: keep it past retention (owner or
+        admin: else Forbidden; NotFound for a step not stored)."""
+        return self._json("POST", f"/experiments/{experiment_id}/checkpoints/{step}/pin")
+
+    def unpin(self, experiment_id: int, step: int) -> Checkpoint:
+        """DELETE /experiments/{id}/checkpoints/{step}/pin: retention may delete it again."""
+        return self._json("DELETE", f"/experiments/{experiment_id}/checkpoints/{step}/pin")
 
     # --- the queue ------------------------------------------------------------------------
 

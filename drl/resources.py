@@ -78,6 +78,14 @@ class ExperimentPage(TypedDict):
     limit: int
 
 
+class Checkpoint(TypedDict):
+    step: int
+    pinned: bool
+    size: int
+    sha256: str
+    created_at: str
+
+
 class QueuedJob(TypedDict):
     position: int        # on its queue: 1 starts next
     queue: str           # gpu, cpu
@@ -157,7 +165,8 @@ class Embeddings(NamedTuple):
 SCHEMAS: dict[str, type] = {
     "HealthOut": Health, "JobProgress": JobProgress, "JobOut": Job, "JobDetail": JobDetail,
     "ExperimentBrief": ExperimentBrief, "ExperimentOut": Experiment,
-    "ExperimentPage": ExperimentPage, "QueuedJobOut": QueuedJob, "QueueOut": QueuePage,
-    "ProbesOut": Probes, "CodeUsageOut": CodeUsage,
-    "MetricPointOut": MetricPoint, "MetricSeries": MetricSeries, "SampleOut": Sample,
+    "ExperimentPage": ExperimentPage, "QueuedJobOut": QueuedJob,
+    "QueueOut": QueuePage, "CheckpointOut": Checkpoint, "ProbesOut": Probes,
+    "CodeUsageOut": CodeUsage, "MetricPointOut": MetricPoint, "MetricSeries": MetricSeries,
+    "SampleOut": Sample,
 }

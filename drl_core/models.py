@@ -262,6 +262,8 @@ class Artifact(Base):
     size: Mapped[int] = mapped_column(sa.BigInteger)
     sha256: Mapped[str] = mapped_column(sa.String(64))
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)  # e.g. {"split": "test", "t": 0.5}
+    # A checkpoint a user pinned: kept past retention until unpinned (drl_core/checkpoints.py).
+    pinned: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
 
     experiment: Mapped[Experiment] = relationship(back_populates="artifacts")

@@ -1,7 +1,8 @@
 """The Python client (drl/client.py) for notebooks, which the drl CLI uses too:
 
 - the README's notebook example, run exactly as written against a real `drl serve`, and the
-  client's other methods against the experiment it made (logs, probes, samples, errors);
+  client's other methods against the experiment it made (logs, probes, samples, checkpoint
+  pins, errors);
 - every endpoint of the OpenAPI document has a method that calls it, and the keys the
   client's result types name are the API's;
 - error answers raise typed exceptions carrying the problem; connection errors and 503s with
@@ -88,6 +89,14 @@ def test_the_readme_example_runs_end_to_end_against_drl_serve(served, monkeypatc
     assert [e["field"] for e in invalid.value.errors] == ["model.kind"]
     with pytest.raises(errors.Conflict):
         client.resume(experiment_id)   # nothing failed or was cancelled
+    # Checkpoints: the spec saves at steps 6 and 12, both kept; pinned, then unpinned.
+    stored = [(c["step"], c["pinned"]) for c in client.checkpoints(experiment_id)]
+    assert stored == [(6, False), (12, False)]
+    assert client.pin(experiment_id, 6)["pinned"] is True
+    with pytest.raises(errors.NotFound) as no_step:
+        client.pin(experiment_id, 7)
+    assert no_step.value.problem["stored_steps"] == [6, 12]
+    assert client.unpin(experiment_id, 6)["pinned"] is False
     job = client.encode(experiment_id, [0.25])
     assert job["kind"] == "encode" and job["params"]["t"] == [0.25]
     drawn = client.sample(experiment_id, count=4, steps=2)
@@ -118,8 +127,12 @@ ENDPOINTS: dict[tuple[str, str], tuple[str, tuple, dict]] = {
     ("DELETE", "/experiments/{experiment_id}"): ("delete", (1,), {}),
     ("POST", "/experiments/{experiment_id}/cancel"): ("cancel", (1,), {}),
     ("POST", "/experiments/{experiment_id}/resume"): ("resume", (1,), {}),
+    ("GET", "/experiments/{experiment_id}/checkpoints"): ("checkpoints", (1,), {}),
+    ("POST", "/experiments/{experiment_id}/checkpoints/{step}/pin"): ("pin", (1, 6), {}),
+    ("DELETE", "/experiments/{experiment_id}/checkpoints/{step}/pin"): ("unpin", (1, 6), {}),
     ("GET", "/experiments/{experiment_id}/jobs"): ("jobs", (1,), {}),
     ("GET", "/jobs/{job_id}"): ("job", (2,), {}),
+    ("GET", "/queue"): ("queue", (), {}),
     ("GET", "/jobs/{job_id}/log"): ("log", (2,), {}),
     ("GET", "/embeddings"): ("embeddings", (1, 0.5), {}),
     ("GET", "/embeddings/labels"): ("labels", (1,), {}),

@@ -78,7 +78,7 @@ def test_migrations_upgrade_to_head_and_downgrade_to_base(empty_database_url: st
 
     upgrade_database(empty_database_url)
     assert table_names(empty_database_url) == TABLES | {"alembic_version"}
-    assert current_revision(empty_database_url) == head_revision() == "0006"
+    assert current_revision(empty_database_url) == head_revision() == "0007"
 
     downgrade_database(empty_database_url, "base")
     assert table_names(empty_database_url) == {"alembic_version"}

@@ -300,14 +300,19 @@ class JobContext:
         self.commit()
         return stored
 
-    def delete_artifact(self, row: Artifact) -> None:
+    def delete_artifact(self, row: Artifact) -> bool:
         """Row first (fenced), then the file: a crash in between leaves an unlisted file,
-        never a row that points at nothing, and a lost attempt deletes neither."""
+        never a row that points at nothing, and a lost attempt deletes neither. A row that is
+        pinned now (a user may pin a checkpoint since it was read) is left, file and all:
+        whether one was deleted."""
         self.ensure_held()
         key = row.key
-        self.session.execute(sa.delete(Artifact).where(Artifact.id == row.id))
+        deleted = self.session.execute(
+            sa.delete(Artifact).where(Artifact.id == row.id, Artifact.pinned.is_(False))).rowcount
         self.commit()
-        self.store.delete(key)
+        if deleted:
+            self.store.delete(key)
+        return bool(deleted)
 
     # -- metrics -------------------------------------------------------------------------
 

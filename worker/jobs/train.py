@@ -4,7 +4,8 @@ A re-queued job (its worker died) starts from the checkpoint its previous attemp
 the checkpoint is downloaded into the scratch directory the trainer resumes from. Metric
 points the lost attempt logged after that checkpoint are deleted first, so the re-run steps
 are not recorded twice. Every checkpoint the trainer writes is uploaded and recorded (upsert
-by key), and the store keeps the newest `KEEP_LAST`, as the trainer does on disk.
+by key), and the store keeps the newest `KEEP_LAST`, as the trainer does on disk, and every
+checkpoint a user pinned (drl_core/checkpoints.py).
 
 Metric points per logged step (`ctx.record_metrics`: one per job, key and step, fenced on the
 attempt like every write of the job): the loss, images/s and every stat the kind's loss reports
@@ -37,6 +38,7 @@ import torch
 from torch import nn
 
 from drl_core.artifact_keys import ArtifactKind, checkpoint_key, metrics_key
+from drl_core.checkpoints import past_retention
 from drl_core.code_usage_metrics import PREFIX as CODE_USAGE_PREFIX
 from drl_core.code_usage_metrics import code_usage_points
 from drl_core.data_paths import with_data_folder
@@ -184,7 +186,9 @@ def record_code_usage(ctx: JobContext, usage: CodeUsage) -> None:
 
 
 def upload_checkpoint(ctx: JobContext, path: Path, step: int) -> None:
+    """Store the checkpoint, then apply retention: the newest KEEP_LAST and the pinned ones
+    stay (drl_core/checkpoints.py)."""
     ctx.store_file(checkpoint_key(ctx.experiment_id, step), path, ArtifactKind.CHECKPOINT,
                    {"step": step})
-    for old in ctx.artifacts(ArtifactKind.CHECKPOINT)[:-KEEP_LAST]:
+    for old in past_retention(ctx.artifacts(ArtifactKind.CHECKPOINT), KEEP_LAST):
         ctx.delete_artifact(old)
