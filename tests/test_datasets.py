@@ -419,6 +419,10 @@ def test_npz_unknown_path_and_unreadable_file(tmp_path, monkeypatch):
         load_dataset(spec(name="npz", path="missing/data.npz"))
     assert str(err.value).startswith(f"{tmp_path / 'missing' / 'data.npz'}: file not found; "
                                      f"expected an .npz with x_train")
+    # A name the filesystem refuses (was a bare OSError in drl run and the workers).
+    with pytest.raises(DatasetError, match=r"cannot be read \(File name too long\); "
+                                           r"expected an \.npz with x_train"):
+        load_dataset(spec(name="npz", path="x" * 300 + ".npz"))
     (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 this is no zip archive")
     with pytest.raises(DatasetError, match=r"junk\.npz: not a readable numpy \.npz file"):
         load_dataset(spec(name="npz", path="junk.npz"))

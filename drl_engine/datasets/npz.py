@@ -66,7 +66,12 @@ def _open_npz(path: Path, required: tuple[str, ...], expected: str) -> Iterator[
 
     allow_pickle stays off: reading a data file must never run code from it.
     """
-    if path.is_file() and not _starts_like_numpy(path):
+    try:
+        is_file = path.is_file()
+    except OSError as err:   # e.g. a name longer than the filesystem allows (ENAMETOOLONG)
+        raise DatasetError(f"{path}: cannot be read ({err.strerror}); "
+                           f"expected {expected}") from None
+    if is_file and not _starts_like_numpy(path):
         # np.load would take it for a pickle and suggest allow_pickle, which must stay off.
         raise DatasetError(f"{path}: not a numpy .npz file (neither a zip archive nor an .npy "
                            f"array; np.savez writes one); expected {expected}")
